@@ -1,0 +1,1 @@
+"""Load balancers over a changing set of endpoints. Pure: no sockets, no loop."""
