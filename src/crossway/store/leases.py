@@ -68,6 +68,8 @@ class LeaseTable:
         state = self._leases.get(lease)
         if state is None:
             return None
+        if state.deadline == now + state.ttl:
+            return state
         state.deadline = now + state.ttl
         # Each renewal pushes a fresh heap entry and leaves the old one to be
         # skipped when it pops; the heap is rebuilt when stale entries pile up.
@@ -118,11 +120,14 @@ class LeaseTable:
 
     def expired(self, now: float) -> list[int]:
         out: list[int] = []
+        seen: set[int] = set()
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, lease = heapq.heappop(heap)
             state = self._leases.get(lease)
-            if state is not None and state.deadline == deadline:
+            # A renewal that kept the same deadline leaves two equal entries.
+            if state is not None and state.deadline == deadline and lease not in seen:
+                seen.add(lease)
                 out.append(lease)
         return out
 
