@@ -1,0 +1,175 @@
+"""The catalog: every registered instance, decoded, following the store.
+
+One watch on `/services/` keeps an in-memory view that discovery queries read
+without touching the store or decoding JSON per request, so one control plane
+answers tens of thousands of queries a second. Each service remembers the
+revision of its last change, so a blocking query on one service wakes only
+when that service changes (Consul's per-result index), not on every write.
+
+Invariants
+1. `revision` is the store revision the view reflects; it only grows.
+2. After a `CompactedError` (the watch fell too far behind) the view is
+   rebuilt from a fresh list, and every waiter is woken to re-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from crossway.registry.model import SERVICES_PREFIX, Instance, decode, parse_instance_key
+from crossway.store import CompactedError, Event, EventType, Store
+
+log = logging.getLogger("crossway.registry")
+
+
+@dataclass(slots=True)
+class ServiceEntry:
+    instances: dict[str, Instance] = field(default_factory=dict)
+    modified: int = 0
+
+
+Listener = Callable[[str, str, Instance | None, Instance | None], None]
+"""(service, id, old, new) — called for every instance change."""
+
+
+class Catalog:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.services: dict[str, ServiceEntry] = {}
+        self.revision = 0
+        self.modified = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Listener] = []
+        self._ready = asyncio.Event()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        await self._relist()
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _relist(self) -> None:
+        listing = await self._store.range(SERVICES_PREFIX)
+        old = self.services
+        self.services = {}
+        for kv in listing.kvs:
+            self._apply_put(kv.key, kv.value, kv.mod_revision)
+        for name, entry in old.items():
+            for instance_id, instance in entry.instances.items():
+                if instance_id not in self.services.get(name, ServiceEntry()).instances:
+                    self._notify(name, instance_id, instance, None)
+        self.revision = listing.revision
+        self.modified = listing.revision
+        for entry in self.services.values():
+            entry.modified = max(entry.modified, 1)
+        self._ready.set()
+        self._wake()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async with self._store.watch(SERVICES_PREFIX, after_revision=self.revision) as w:
+                    while True:
+                        self.apply(await w.next_batch())
+            except CompactedError:
+                log.warning("registry watch was compacted; re-listing the catalog")
+                await self._relist()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("registry watch failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    def apply(self, events: list[Event]) -> None:
+        for event in events:
+            revision = event.kv.mod_revision
+            if event.type is EventType.PUT:
+                self._apply_put(event.kv.key, event.kv.value, revision)
+            else:
+                self._apply_delete(event.kv.key, revision)
+            self.revision = max(self.revision, revision)
+        self._wake()
+
+    def _apply_put(self, key: str, raw: bytes, revision: int) -> None:
+        parsed = parse_instance_key(key)
+        if parsed is None:
+            return
+        service, instance_id = parsed
+        try:
+            instance = decode(raw)
+        except msgspec.DecodeError:
+            log.warning("ignoring undecodable instance at %s", key)
+            return
+        entry = self.services.setdefault(service, ServiceEntry())
+        old = entry.instances.get(instance_id)
+        entry.instances[instance_id] = instance
+        entry.modified = revision
+        self.modified = revision
+        self._notify(service, instance_id, old, instance)
+
+    def _apply_delete(self, key: str, revision: int) -> None:
+        parsed = parse_instance_key(key)
+        if parsed is None:
+            return
+        service, instance_id = parsed
+        entry = self.services.get(service)
+        if entry is None:
+            return
+        old = entry.instances.pop(instance_id, None)
+        entry.modified = revision
+        self.modified = revision
+        if not entry.instances:
+            # Keep the entry so a blocking query sees the service change to empty.
+            pass
+        self._notify(service, instance_id, old, None)
+
+    def _notify(self, service: str, instance_id: str, old: Instance | None, new: Instance | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(service, instance_id, old, new)
+            except Exception:
+                log.exception("catalog listener failed")
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def service_index(self, service: str) -> int:
+        entry = self.services.get(service)
+        return entry.modified if entry is not None else 0
+
+    async def caught_up(self, revision: int, timeout: float = 5.0) -> None:
+        """Wait until the view reflects `revision` (read-your-writes)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.revision < revision:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_change(self, index_of: Callable[[], int], after: int, timeout: float) -> None:
+        """Block until `index_of()` passes `after` or `timeout` elapses."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while index_of() <= after:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
