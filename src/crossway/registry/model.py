@@ -75,6 +75,8 @@ class Instance(msgspec.Struct, omit_defaults=True):
     output: str = ""
     registered_at: float = 0.0
     status_since: float = 0.0
+    stale: bool = False
+    """Set in answers (never stored) while self-preservation holds its lease."""
 
 
 def instance_key(service: str, instance_id: str) -> str:

@@ -272,6 +272,16 @@ class LocalStore:
         remaining = max(0.0, state.deadline - self._clock.now())
         return LeaseInfo(lease, state.ttl, remaining, sorted(state.keys))
 
+    def lease_snapshot(self, leases: set[int]) -> list[tuple[int, float, float]]:
+        """(id, ttl, remaining) of each of `leases` that exists, from memory."""
+        now = self._clock.now()
+        out = []
+        for lease in leases:
+            state = self._leases.get(lease)
+            if state is not None:
+                out.append((lease, state.ttl, max(0.0, state.deadline - now)))
+        return out
+
     def lease_count(self) -> int:
         return len(self._leases)
 
