@@ -1,0 +1,178 @@
+# Per-key rate limiting ("hot parameters", Sentinel's ParamFlow) in bounded memory.
+#
+# Theory of operation
+# -------------------
+# Each key (a client address, a user id, an API token, a hot product id) gets
+# its own pure limiter, made on first sight by `factory(key)`; the factory may
+# give some keys their own limits (Sentinel's per-value exceptions). The
+# limiters live in an insertion-ordered dict used as an LRU: a hit moves the
+# key to the young end, a new key beyond `max_keys` evicts the oldest. All of
+# it is O(1) per call and memory never exceeds max_keys limiters.
+#
+# Eviction forgets a key's state, so a key that returns gets a fresh limiter
+# (a full bucket). That is harmless for keys idle longer than their refill
+# time, which the LRU order evicts first; size max_keys above the number of
+# keys active within one refill period so active keys are never evicted.
+#
+# Invariants
+# ----------
+# 1. len(self) <= max_keys at all times.
+# 2. Only `try_acquire` creates or reorders keys; `forget` removes one.
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from crossway.core.clock import Clock, SystemClock
+from crossway.resilience.limiter import Decision, RateLimited, RateLimiter
+
+K = TypeVar("K", bound=Hashable)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class KeyedLimiter(Generic[K]):
+    """One limiter per key, at most `max_keys` of them (pure; see the module header)."""
+
+    __slots__ = ("_factory", "_limiters", "max_keys")
+
+    def __init__(self, factory: Callable[[K], RateLimiter], *, max_keys: int = 10_000) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._factory = factory
+        self.max_keys = max_keys
+        self._limiters: OrderedDict[K, RateLimiter] = OrderedDict()
+
+    def try_acquire(self, key: K, now: float, permits: int = 1) -> Decision:
+        """Take `permits` for `key` at `now`; the key's limiter decides.
+
+        Raises what the key's limiter raises (ValueError for impossible permits).
+        """
+        limiters = self._limiters
+        limiter = limiters.get(key)
+        if limiter is None:
+            limiter = self._factory(key)
+            limiters[key] = limiter
+            if len(limiters) > self.max_keys:
+                limiters.popitem(last=False)
+        else:
+            limiters.move_to_end(key)
+        return limiter.try_acquire(now, permits)
+
+    def forget(self, key: K) -> None:
+        """Drop a key's state (its next request starts with a fresh limiter)."""
+        self._limiters.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._limiters)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._limiters
+
+
+def _admit(decision: Decision) -> Decision:
+    if not decision.allowed:
+        raise RateLimited(retry_after=decision.wait)
+    return decision
+
+
+class SyncKeyedLimiter(Generic[K]):
+    """A KeyedLimiter behind a lock, with a clock and a real sleep, for threads."""
+
+    __slots__ = ("_clock", "_core", "_lock", "_sleep")
+
+    def __init__(
+        self,
+        core: KeyedLimiter[K],
+        *,
+        clock: Clock | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._core = core
+        self._clock: Clock = clock or SystemClock()
+        self._sleep = sleep
+        self._lock = threading.Lock()
+
+    def try_acquire(self, key: K, permits: int = 1) -> Decision:
+        """Decide now for `key`; never waits."""
+        with self._lock:
+            return self._core.try_acquire(key, self._clock.now(), permits)
+
+    def acquire(self, key: K, permits: int = 1) -> Decision:
+        """Take permits for `key`, sleeping out a queueing limiter's wait.
+
+        Raises RateLimited (nothing reserved) when refused; an interrupted sleep
+        leaves the permits spent.
+        """
+        decision = _admit(self.try_acquire(key, permits))
+        if decision.wait > 0:
+            self._sleep(decision.wait)
+        return decision
+
+    def limit(self, key: Callable[..., K]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorator: limit each call by `key(*args, **kwargs)` (e.g. the user argument)."""
+
+        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(fn)
+            def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                self.acquire(key(*args, **kwargs))
+                return fn(*args, **kwargs)
+
+            return limited
+
+        return decorate
+
+
+class AsyncKeyedLimiter(Generic[K]):
+    """A KeyedLimiter for asyncio callers; the lock is held only around the pure call."""
+
+    __slots__ = ("_clock", "_core", "_lock", "_sleep")
+
+    def __init__(
+        self,
+        core: KeyedLimiter[K],
+        *,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._core = core
+        self._clock: Clock = clock or SystemClock()
+        self._sleep = sleep
+        self._lock = threading.Lock()
+
+    def try_acquire(self, key: K, permits: int = 1) -> Decision:
+        """Decide now for `key`; never waits."""
+        with self._lock:
+            return self._core.try_acquire(key, self._clock.now(), permits)
+
+    async def acquire(self, key: K, permits: int = 1) -> Decision:
+        """Take permits for `key`, awaiting a queueing limiter's wait.
+
+        Raises RateLimited (nothing reserved) when refused. On cancellation while
+        waiting, CancelledError propagates and the permits stay spent.
+        """
+        decision = _admit(self.try_acquire(key, permits))
+        if decision.wait > 0:
+            await self._sleep(decision.wait)
+        return decision
+
+    def limit(
+        self, key: Callable[..., K]
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+        """Decorator for coroutine functions: limit each call by `key(*args, **kwargs)`."""
+
+        def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+            @functools.wraps(fn)
+            async def limited(*args: P.args, **kwargs: P.kwargs) -> R:
+                await self.acquire(key(*args, **kwargs))
+                return await fn(*args, **kwargs)
+
+            return limited
+
+        return decorate
