@@ -69,3 +69,12 @@ def test_event_log_bounds_memory_and_answers_ranges() -> None:
     assert log.covers(4900, 5000) and not log.covers(4899, 5000)
     events = log.between("/k1", 4950, 4960)
     assert [e.kv.mod_revision for e in events] == [r for r in range(4951, 4961) if r % 3 == 1]
+
+
+async def test_auto_compaction_keeps_the_newest_revisions() -> None:
+    store = open_memory_store(retain_revisions=100)
+    for i in range(300):
+        await store.put("/k", str(i).encode())
+    await store.auto_compact()
+    assert await store.compacted_revision() == 200
+    await store.close()

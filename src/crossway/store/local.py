@@ -64,6 +64,7 @@ log = logging.getLogger("crossway.store")
 T = TypeVar("T")
 
 EXPIRY_RETRY_SECONDS = 1.0
+COMPACT_EVERY_SECONDS = 60.0
 MAX_LEASE_SLEEP = 0.5
 
 
@@ -118,7 +119,9 @@ class LocalStore:
         self._closed = False
         self._lease_wakeup = asyncio.Event()
         self._restore_leases(state)
-        self._expiry = asyncio.get_running_loop().create_task(self._expire_forever())
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.create_task(self._expire_forever())
+        self._compactor = loop.create_task(self._compact_forever())
 
     def _restore_leases(self, state: LoadedState) -> None:
         # A lease restored after a restart gets its full TTL again (as etcd does
@@ -358,6 +361,16 @@ class LocalStore:
         if target > self._hub.compacted + self._retain // 10:
             await self.compact(target)
 
+    async def _compact_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(COMPACT_EVERY_SECONDS)
+            try:
+                await self.auto_compact()
+            except StoreClosed:
+                return
+            except Exception as exc:
+                log.warning("automatic compaction failed: %s", exc)
+
     def watcher_count(self) -> int:
         return self._hub.watcher_count()
 
@@ -447,9 +460,10 @@ class LocalStore:
                 await self._flushing
         self._closed = True
         self._flushed.set()
-        self._expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._expiry
+        for task in (self._expiry, self._compactor):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._hub.close()
         if self._persister is not None and self._executor is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._persister.close)
