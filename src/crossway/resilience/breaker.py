@@ -44,65 +44,36 @@
 #         path admits without the lock (one attribute read, atomic under the
 #         GIL) because admission in CLOSED changes nothing.
 #
-# The decorator / context manager / call() wrappers live in guard.py.
+# States, listeners, operator controls and the decorator / context manager /
+# call() wrappers are shared with the consecutive-failure breaker (guard.py).
 
 from __future__ import annotations
 
 import enum
-import logging
 import math
-import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossway.core.clock import Clock, SystemClock
+from crossway.core.clock import Clock
 from crossway.core.durations import parse_duration
-from crossway.core.errors import CrosswayError
 from crossway.resilience.classify import ExceptionTypes, FailurePolicy
-from crossway.resilience.guard import GuardedBreaker
+from crossway.resilience.guard import (
+    BreakerBase,
+    CircuitOpenError,
+    Listener,
+    State,
+    StateTransition,
+)
 from crossway.resilience.window import FAILED, CountWindow, Snapshot, TimeWindow, Window
-
-log = logging.getLogger("crossway.resilience")
 
 _MAX_TIME_BUCKETS = 100
 _RELEASE = -1
 
 
-class State(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-    DISABLED = "disabled"
-    FORCED_OPEN = "forced_open"
-    METRICS_ONLY = "metrics_only"
-
-
 class WindowType(enum.Enum):
     COUNT_BASED = "count_based"
     TIME_BASED = "time_based"
-
-
-class CircuitOpenError(CrosswayError):
-    """A call was rejected because its circuit is open (or probes are all taken)."""
-
-    code = "circuit_open"
-    status = 503
-
-
-@dataclass(frozen=True, slots=True)
-class StateTransition:
-    """Handed to listeners after every state change."""
-
-    name: str
-    from_state: State
-    to_state: State
-    at: float
-    reason: str
-
-
-Listener = Callable[[StateTransition], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,7 +202,7 @@ class Permit:
         self._settle(_RELEASE, 0.0, self.started)
 
 
-class CircuitBreaker(GuardedBreaker):
+class CircuitBreaker(BreakerBase):
     """Failure-rate and slow-call-rate breaker over a sliding window.
 
     Thread-safe; never holds its lock while a protected call or listener runs.
@@ -245,54 +216,17 @@ class CircuitBreaker(GuardedBreaker):
         clock: Clock | None = None,
     ) -> None:
         cfg = config or BreakerConfig()
-        self.name = name
+        super().__init__(name, clock, cfg.failure_policy())
         self.config = cfg
-        self._bind_clock(clock or SystemClock())
-        self._policy = cfg.failure_policy()
         self._timed = True
         self._slow = cfg.slow_call_duration_threshold
-        self._lock = threading.Lock()
-        self._listeners: list[Listener] = []
-        self._pending: list[StateTransition] = []
         self._window = cfg.new_window()
         self._count_based = cfg.sliding_window_type is WindowType.COUNT_BASED
         self._min_calls = cfg.effective_minimum_calls
         self._probes = CountWindow(cfg.permitted_number_of_calls_in_half_open_state, latency=False)
         self._issued = 0
         self._consecutive = 0
-        self._state = State.CLOSED
-        self._since = self._now()
-        self._epoch = 0
-        self._closed_epoch = 0
         self._clean_epoch = -2  # success is never a no-op here: it is recorded
-
-    def _bind_clock(self, clock: Clock) -> None:
-        self.clock = clock
-        # time.monotonic is what SystemClock.now returns; binding it skips a call layer.
-        self._now: Callable[[], float] = time.monotonic if type(clock) is SystemClock else clock.now
-
-    # -- listeners -----------------------------------------------------------
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call `listener(transition)` after every state change (outside the lock)."""
-        with self._lock:
-            self._listeners = [*self._listeners, listener]
-
-    def remove_listener(self, listener: Listener) -> None:
-        with self._lock:
-            self._listeners = [x for x in self._listeners if x is not listener]
-
-    def _dispatch(self) -> None:
-        with self._lock:
-            events, self._pending = self._pending, []
-            listeners = self._listeners
-        for event in events:
-            for listener in listeners:
-                try:
-                    listener(event)
-                except Exception:
-                    # A broken listener must not break the calls it observes.
-                    log.exception("circuit breaker %s: state listener failed", self.name)
 
     # -- transitions (called with the lock held) -----------------------------
 
@@ -309,7 +243,7 @@ class CircuitBreaker(GuardedBreaker):
             self._probes.reset()
         elif admits_freely:
             self._window.reset()
-        self._pending.append(StateTransition(self.name, old, state, now, reason))
+        self._announce(old, state, now, reason)
 
     def _tick(self, now: float, automatic: bool) -> None:
         """Apply the transitions that time alone causes."""
@@ -412,19 +346,7 @@ class CircuitBreaker(GuardedBreaker):
         else:
             self._to(State.CLOSED, now, "half-open probes succeeded")
 
-    def _rejection(self, now: float) -> CircuitOpenError:
-        return CircuitOpenError(
-            f"circuit {self.name!r} is {self._state.value}",
-            breaker=self.name,
-            retry_after=self.retry_after(now),
-        )
-
     # -- public, pure API -----------------------------------------------------
-
-    @property
-    def state(self) -> State:
-        """The state as last updated (time-driven transitions apply on the next event)."""
-        return self._state
 
     def current_state(self, now: float | None = None) -> State:
         """The state at `now`, applying time-driven transitions first.
@@ -468,15 +390,12 @@ class CircuitBreaker(GuardedBreaker):
         """A call admitted by `allow` did not happen: give its half-open slot back."""
         self._settle(self._epoch, _RELEASE, 0.0, self._now() if now is None else now)
 
-    def retry_after(self, now: float | None = None) -> float | None:
-        """Seconds until an OPEN breaker will admit a probe; 0 if it admits now;
-        None when forced open (no time will reopen it)."""
-        if self._state is State.FORCED_OPEN:
-            return None
-        if self._state is not State.OPEN:
-            return 0.0
-        t = self._now() if now is None else now
-        return max(0.0, self.config.wait_duration_in_open_state - (t - self._since))
+    def _open_duration(self) -> float:
+        return self.config.wait_duration_in_open_state
+
+    def metrics_only(self, now: float | None = None) -> None:
+        """Admit every call, keep recording, never trip, until `reset()`."""
+        self._force(State.METRICS_ONLY, "metrics only", now)
 
     def snapshot(self, now: float | None = None) -> Snapshot:
         """Totals of the sliding window (of the probes, when half-open)."""
@@ -495,26 +414,14 @@ class CircuitBreaker(GuardedBreaker):
             value = self._window.percentile(q, t)
         return math.nan if value is None else value
 
-    # -- operator controls ----------------------------------------------------
 
-    def _force(self, state: State, reason: str, now: float | None) -> None:
-        t = self._now() if now is None else now
-        with self._lock:
-            self._to(state, t, reason)
-        self._dispatch()
-
-    def force_open(self, now: float | None = None) -> None:
-        """Reject every call until `reset()`."""
-        self._force(State.FORCED_OPEN, "forced open", now)
-
-    def disable(self, now: float | None = None) -> None:
-        """Admit every call and record nothing until `reset()`."""
-        self._force(State.DISABLED, "disabled", now)
-
-    def metrics_only(self, now: float | None = None) -> None:
-        """Admit every call, keep recording, never trip, until `reset()`."""
-        self._force(State.METRICS_ONLY, "metrics only", now)
-
-    def reset(self, now: float | None = None) -> None:
-        """Back to CLOSED with an empty window."""
-        self._force(State.CLOSED, "reset", now)
+__all__ = [
+    "BreakerConfig",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Listener",
+    "Permit",
+    "State",
+    "StateTransition",
+    "WindowType",
+]

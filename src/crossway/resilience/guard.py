@@ -1,8 +1,10 @@
-# Decorators, context managers and call() for circuit breakers, sync and async.
+# What every circuit breaker shares: states, transitions and listeners, the
+# open-circuit error, operator controls, and the decorators, context managers
+# and call() wrappers for sync and async callers.
 #
 # Theory of operation
 # -------------------
-# A breaker class mixes in `GuardedBreaker` and implements a small token
+# A breaker class derives from `BreakerBase` and implements a small token
 # protocol (see breaker.py and consecutive.py):
 #
 #   _closed_epoch     >= 0 while every call is admitted without asking (CLOSED):
@@ -22,26 +24,69 @@
 # Exceptions are classified by the breaker's FailurePolicy: cancellation,
 # KeyboardInterrupt and SystemExit release the permit and always propagate.
 #
+# Transitions are queued under the breaker's lock (`_announce`) and handed to
+# listeners after it is released (`_dispatch`), so a listener may call back into
+# the breaker, and a slow listener never blocks other callers' admission.
+#
 # `with breaker:` / `async with breaker:` keep the token of each open block in a
 # context variable (a small stack), so one breaker object is safe to enter from
 # many threads and tasks at once; each thread and each task sees its own stack.
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
+import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from crossway.core.clock import Clock, SystemClock
+from crossway.core.errors import CrosswayError
 from crossway.resilience.classify import FailurePolicy, Verdict
+
+log = logging.getLogger("crossway.resilience")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 _FAILED = 1
 _SLOW = 2
+
+
+class State(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    DISABLED = "disabled"
+    FORCED_OPEN = "forced_open"
+    METRICS_ONLY = "metrics_only"
+
+
+class CircuitOpenError(CrosswayError):
+    """A call was rejected because its circuit is open (or its probes are all taken)."""
+
+    code = "circuit_open"
+    status = 503
+
+
+@dataclass(frozen=True, slots=True)
+class StateTransition:
+    """Handed to listeners after every state change."""
+
+    name: str
+    from_state: State
+    to_state: State
+    at: float
+    reason: str
+
+
+Listener = Callable[[StateTransition], None]
 
 _Entry = tuple["GuardedBreaker", int, float]
 _OPEN_BLOCKS: ContextVar[tuple[_Entry, ...]] = ContextVar("crossway_breaker_blocks", default=())
@@ -247,3 +292,98 @@ class GuardedBreaker:
             return result
 
         return guarded
+
+
+class BreakerBase(GuardedBreaker):
+    """State, clock, lock and listeners shared by the breakers; operator controls."""
+
+    def __init__(self, name: str, clock: Clock | None, policy: FailurePolicy) -> None:
+        self.name = name
+        self.clock = clock or SystemClock()
+        # time.monotonic is what SystemClock.now returns; binding it skips a call layer.
+        self._now = time.monotonic if type(self.clock) is SystemClock else self.clock.now
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._pending: list[StateTransition] = []
+        self._state = State.CLOSED
+        self._since = self._now()
+        self._epoch = 0
+        self._closed_epoch = 0
+
+    def _to(self, state: State, now: float, reason: str) -> None:
+        raise NotImplementedError
+
+    def _open_duration(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def state(self) -> State:
+        """The state as last updated (time-driven transitions apply on the next event)."""
+        return self._state
+
+    # -- listeners -----------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(transition)` after every state change (outside the lock)."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners = [x for x in self._listeners if x is not listener]
+
+    def _announce(self, old: State, new: State, now: float, reason: str) -> None:
+        """Queue a transition for the listeners (the lock is held)."""
+        self._pending.append(StateTransition(self.name, old, new, now, reason))
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            events, self._pending = self._pending, []
+            listeners = self._listeners
+        for event in events:
+            for listener in listeners:
+                try:
+                    listener(event)
+                except Exception:
+                    # A broken listener must not break the calls it observes.
+                    log.exception("circuit breaker %s: state listener failed", self.name)
+
+    # -- rejection -------------------------------------------------------------
+
+    def retry_after(self, now: float | None = None) -> float | None:
+        """Seconds until an OPEN breaker will admit a probe; 0 if it admits now;
+        None when forced open (no time will reopen it)."""
+        if self._state is State.FORCED_OPEN:
+            return None
+        if self._state is not State.OPEN:
+            return 0.0
+        t = self._now() if now is None else now
+        return max(0.0, self._open_duration() - (t - self._since))
+
+    def _rejection(self, now: float) -> CircuitOpenError:
+        return CircuitOpenError(
+            f"circuit {self.name!r} is {self._state.value}",
+            breaker=self.name,
+            retry_after=self.retry_after(now),
+        )
+
+    # -- operator controls ----------------------------------------------------
+
+    def _force(self, state: State, reason: str, now: float | None) -> None:
+        t = self._now() if now is None else now
+        with self._lock:
+            self._to(state, t, reason)
+        self._dispatch()
+
+    def force_open(self, now: float | None = None) -> None:
+        """Reject every call until `reset()`."""
+        self._force(State.FORCED_OPEN, "forced open", now)
+
+    def disable(self, now: float | None = None) -> None:
+        """Admit every call and record nothing until `reset()`."""
+        self._force(State.DISABLED, "disabled", now)
+
+    def reset(self, now: float | None = None) -> None:
+        """Back to CLOSED with nothing remembered."""
+        self._force(State.CLOSED, "reset", now)
