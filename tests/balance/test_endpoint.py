@@ -53,6 +53,8 @@ def test_endpoint_is_an_immutable_hashable_value() -> None:
     assert {a, b} == {a}
     with pytest.raises(AttributeError):
         a.weight = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        a.metadata["version"] = "v3"  # type: ignore[index]
 
 
 def test_authority_brackets_ipv6() -> None:

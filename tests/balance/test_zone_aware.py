@@ -163,3 +163,10 @@ def test_keyed_picks_are_consistent_through_zone_choice() -> None:
     assert local == pytest.approx(0.6, abs=0.04)
     served = {e.id for e in first if e is not None and e.zone == "b"}
     assert len(served) == 10  # spilled keys spread over the whole remote ring
+
+
+def test_nothing_available_and_panic_disabled_picks_none() -> None:
+    lb = zone_aware({"a": 4, "b": 4}, healthy_panic_threshold=0)
+    lb.set_ejected({e.id for e in lb.endpoints})
+    assert not lb.panicking
+    assert lb.pick() is None

@@ -17,6 +17,10 @@ the same code:
 Rebuilding (rings, tables, schedules) happens in `update`/`set_ejected`,
 never in `pick`.
 
+Failure and cancellation: nothing here blocks, awaits or does I/O, so there
+is nothing to cancel or time out. `pick` never raises; it returns None when
+there is nothing to pick. Configuration mistakes raise `InvalidArgument`.
+
 Invariants
 ----------
 - An `Endpoint` is an immutable value; its `id` is its identity. Per-endpoint
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Protocol, runtime_checkable
 
 from crossway.core.errors import InvalidArgument
@@ -61,6 +65,8 @@ class Endpoint:
             raise InvalidArgument(f"endpoint {self.id}: weight must be an integer >= 1")
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"endpoint {self.id}: port {self.port} out of range")
+        # A read-only copy, so the value really is immutable.
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
     @property
     def authority(self) -> str:

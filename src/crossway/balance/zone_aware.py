@@ -128,6 +128,10 @@ class ZoneAware:
         self._cum: list[float] = []
 
     @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return self._members
+
+    @property
     def panicking(self) -> bool:
         return self._panic
 
@@ -199,11 +203,13 @@ class ZoneAware:
         """An endpoint from the zone the routing fractions choose.
 
         Falls back to any zone when the chosen one has nothing to offer; None
-        only when no zone does.
+        when no zone does, or when nothing is available and panic is disabled.
         """
         u = self._rng.random() if key is None else self._key_uniform(key)
         zone = self._zone_for(u)
-        inner = self._inners.get(zone) if zone is not None else None
+        if zone is None:  # nothing available and panic disabled
+            return None
+        inner = self._inners.get(zone)
         chosen = inner.pick(key) if inner is not None else None
         if chosen is not None:
             return chosen
