@@ -1,0 +1,1 @@
+"""The `crossway` command line (`crossway.cli.main:main`)."""

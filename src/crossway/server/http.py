@@ -1,0 +1,147 @@
+"""Request and response helpers every API module uses.
+
+- `json_response(obj, status, index=rev)`: msgspec-encoded JSON; `index` sets
+  `X-Crossway-Index`, the store revision the answer reflects (every read sets
+  it, so a client can long-poll or watch from exactly there).
+- `read_json(request, Struct)`: the body decoded into a msgspec Struct, or a
+  400 that names the offending field (`$.port`), or 413 when too large.
+- `error_response(exc)`: any `CrosswayError` as `{"error": {"code", "message"}}`.
+- `context_of(request)`: the `ServerContext` the app was built with.
+
+Invariant: nothing here ever puts a traceback or a Python repr into a response;
+messages are written for the API's users.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from crossway.core.errors import CrosswayError, InvalidArgument
+from crossway.server.context import ServerContext
+
+INDEX_HEADER = "X-Crossway-Index"
+DEFAULT_MAX_BODY = 1 << 20
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+_encoder = msgspec.json.Encoder()
+_AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+
+
+class MalformedJSON(InvalidArgument):
+    code = "malformed_json"
+
+
+class PayloadTooLarge(CrosswayError):
+    code = "payload_too_large"
+    status = 413
+
+
+def json_response(
+    content: Any,
+    status: int = 200,
+    *,
+    index: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """`content` (dicts, lists, Structs …) as JSON; `index` becomes `X-Crossway-Index`."""
+    all_headers = dict(headers) if headers else {}
+    if index is not None:
+        all_headers[INDEX_HEADER] = str(index)
+    body = _encoder.encode(content)
+    return Response(body, status_code=status, headers=all_headers, media_type="application/json")
+
+
+def error_response(exc: CrosswayError, *, headers: Mapping[str, str] | None = None) -> Response:
+    return json_response(exc.to_json(), exc.status, headers=headers)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def context_of(request: Request) -> ServerContext:
+    """The `ServerContext` that `create_app` stored on the application."""
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+async def read_json(request: Request, kind: type[S], *, max_bytes: int | None = None) -> S:
+    """Decode the request body into `kind`.
+
+    `kind` must be declared with `forbid_unknown_fields=True`, so a misspelt
+    field is an error rather than silently ignored (`TypeError` otherwise, a
+    programming error). Raises `MalformedJSON` (400) when the body is not JSON,
+    `InvalidArgument` (400, with `field` set to the JSON path) when it does not
+    fit `kind`, `PayloadTooLarge` (413) beyond `max_bytes` (default: the
+    server's `max_body_bytes`). If the client goes away mid-body, Starlette's
+    `ClientDisconnect` propagates and nothing is decoded.
+    """
+    decoder = _decoder_for(kind)
+    limit = max_bytes if max_bytes is not None else _max_body(request)
+    body = await _read_body(request, limit)
+    if not body.strip():
+        raise MalformedJSON("the request body is empty; expected a JSON object")
+    try:
+        value: S = decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(
+            f"the request body is not valid JSON: {_lower_first(str(exc))}"
+        ) from None
+    return value
+
+
+@functools.cache
+def _decoder_for(kind: type[Any]) -> msgspec.json.Decoder[Any]:
+    config = getattr(kind, "__struct_config__", None)
+    if config is None or not config.forbid_unknown_fields:
+        raise TypeError(f"{kind.__name__} must be a msgspec Struct with forbid_unknown_fields=True")
+    return msgspec.json.Decoder(kind)
+
+
+def _max_body(request: Request) -> int:
+    state = getattr(request.app, "state", None)
+    ctx = getattr(state, "ctx", None)
+    return ctx.settings.max_body_bytes if ctx is not None else DEFAULT_MAX_BODY
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is larger than {limit} bytes")
+
+
+def _invalid(message: str) -> InvalidArgument:
+    """msgspec's message with the field it is about: "Expected `int`, got `str`
+    - at `$.port`" names `$.port`; "Object contains unknown field `x`" names `$.x`."""
+    at = _AT_PATH.search(message)
+    path = at.group(1) if at else "$"
+    named = _NAMED_FIELD.search(message)
+    field = f"{path}.{named.group(1)}" if named else path
+    return InvalidArgument(message, field=field)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]

@@ -1,0 +1,186 @@
+"""Pure ASGI middleware: request metrics and access log, and bearer-token auth.
+
+Pure ASGI (not Starlette's `BaseHTTPMiddleware`) so that streamed responses —
+Server-Sent Events, long polls — pass through unbuffered and cancellation
+reaches the handler.
+
+The stack, outermost first (see `crossway.server.app`):
+
+    RequestObserver → ErrorBoundary → BearerAuth → Starlette router
+
+- `RequestObserver` sees every answer, errors and 401s included. It counts
+  `http_server_requests_total{method,route,status_class}` and times
+  `http_server_request_duration_seconds{method,route}`, and writes one access
+  log line per request. `route` is the matched route *template*
+  (`/v1/services/{service}`), never the raw path, and methods outside the
+  standard set count as `other`, so label cardinality is bounded whatever
+  clients send. Requests that never reached a route (404s, and requests
+  refused by auth, which runs before routing) are labelled `unmatched`.
+- `BearerAuth` lets `/healthz` and `/readyz` through and wants
+  `Authorization: Bearer <token>` on everything else. Both tokens are hashed
+  before `hmac.compare_digest`, so neither the content nor the length of the
+  expected token leaks through timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crossway.core.clock import Clock
+from crossway.core.errors import Unauthorized
+from crossway.server.http import error_response
+
+access_log = logging.getLogger("crossway.access")
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+UNMATCHED = "unmatched"
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class HttpMetrics:
+    """The server's own request metrics, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "http_server_requests",
+            "HTTP requests answered, by method, route template and status class.",
+            ["method", "route", "status_class"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Time from request start to the end of the response, by route template.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "http_server_requests_in_flight",
+            "Requests being served now (long polls and event streams included).",
+            registry=registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, status_class(status)).inc()
+        self.duration.labels(method, route).observe(seconds)
+
+
+def status_class(status: int) -> str:
+    """ "2xx" … "5xx"; "none" when no response was ever started (cancelled)."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def route_label(scope: Scope) -> str:
+    """The template of the route Starlette matched, stored in the shared scope."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED
+
+
+class RequestObserver:
+    """Metrics and the access log for every HTTP request; see the module header."""
+
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, clock: Clock) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = self.clock.now()
+        status = 0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            self.metrics.in_flight.dec()
+            self._record(scope, status, self.clock.now() - start)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        method, route = method_label(scope["method"]), route_label(scope)
+        self.metrics.observe(method, route, status, seconds)
+        level = logging.DEBUG if scope["path"] in PROBE_PATHS else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
+        client = scope.get("client")
+        access_log.log(
+            level,
+            "request",
+            extra={
+                "method": scope["method"],
+                "route": route,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "remote": f"{client[0]}:{client[1]}" if client else None,
+            },
+        )
+
+
+class BearerAuth:
+    """Requires `Authorization: Bearer <token>` outside `open_paths`."""
+
+    def __init__(
+        self, app: ASGIApp, *, token: str, open_paths: frozenset[str] = OPEN_PATHS
+    ) -> None:
+        if not token:
+            raise ValueError("an empty token would let anyone in")
+        self.app = app
+        self.open_paths = open_paths
+        self._expected = _digest(token.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        problem = self._problem(scope)
+        if problem is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": problem})
+        else:
+            challenge = {"WWW-Authenticate": 'Bearer realm="crossway"'}
+            await error_response(Unauthorized(problem), headers=challenge)(scope, receive, send)
+
+    def _problem(self, scope: Scope) -> str | None:
+        """None when the request carries the right token, else what is wrong."""
+        header = _header(scope, b"authorization")
+        if header is None:
+            return "this API needs a token: send Authorization: Bearer <token>"
+        scheme, _, credentials = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not credentials.strip():
+            return "the Authorization header must be: Bearer <token>"
+        if not hmac.compare_digest(_digest(credentials.strip()), self._expected):
+            return "the token is not valid"
+        return None
+
+
+def _digest(token: bytes) -> bytes:
+    return hashlib.sha256(token).digest()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            found: bytes = value
+            return found
+    return None
