@@ -143,13 +143,14 @@ class _TwoChoices(PoolBase):
             j = int(r() * (n - 1))
             return i, (j + 1 if j >= i else j)
         cum = self._cumulative
-        i = min(bisect_right(cum, r() * self._total), n - 1)
+        # hi=n-1 clamps a draw that float rounding pushed onto the total itself.
+        i = bisect_right(cum, r() * self._total, 0, n - 1)
         # Draw the second from the total minus i's share, skipping i's interval.
         w_i = self._weights[i]
         u = r() * (self._total - w_i)
         if u >= cum[i] - w_i:
             u += w_i
-        return i, min(bisect_right(cum, u), n - 1)
+        return i, bisect_right(cum, u, 0, n - 1)
 
     def pick(self, key: bytes | str | None = None) -> Endpoint | None:
         """The less loaded of two random active endpoints (None if there are none)."""
@@ -158,8 +159,11 @@ class _TwoChoices(PoolBase):
             return active[0] if active else None
         i, j = self._two()
         now = self._now()
-        load_i = self._loads[i].load(now) * self._weights[j]
-        load_j = self._loads[j].load(now) * self._weights[i]
+        load_i = self._loads[i].load(now)
+        load_j = self._loads[j].load(now)
+        if not self._uniform:  # compare load per unit of weight, without dividing
+            weights = self._weights
+            load_i, load_j = load_i * weights[j], load_j * weights[i]
         return active[j] if load_j < load_i else active[i]
 
     def begin(self, endpoint: Endpoint, now: float | None = None) -> Call:
