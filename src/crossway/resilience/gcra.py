@@ -78,7 +78,7 @@ class GCRA:
         cost = permits * self._interval
         if cost > self._max_cost or permits < 1:
             raise too_many(permits, self._max_cost // self._interval)
-        t = int(now * NS_PER_S)
+        t = int(now * NS_PER_S + 0.5)
         tat = self._tat
         if tat < t:
             tat = t
@@ -96,5 +96,5 @@ class GCRA:
 
     def available(self, now: float) -> int:
         """Permits that could be taken at `now` without waiting (does not change state)."""
-        t = int(now * NS_PER_S)
+        t = int(now * NS_PER_S + 0.5)
         return max(0, self._tau - max(0, self._tat - t)) // self._interval

@@ -25,8 +25,10 @@
 # 4. Every `try_acquire` is O(1) in time and memory.
 #
 # Rates are permits per second; token bucket and GCRA count time in integer
-# nanoseconds so that they are exact (and agree with each other), and round
-# the interval between permits up so they never exceed the configured rate.
+# nanoseconds (`now` rounded to the nearest one, so that a caller who comes
+# back exactly `retry_after` later is on time) so that they are exact and
+# agree with each other, and round the interval between permits up so they
+# never exceed the configured rate.
 
 from __future__ import annotations
 
@@ -119,6 +121,8 @@ def _rate_from_text(text: str) -> float:
     per = per.strip()
     if not sep:
         return float(count)
+    if not per:
+        return math.nan
     # "100/s" means one second: give a bare unit its implicit 1.
     period = parse_duration(per if per[:1].isdigit() or per[:1] == "." else "1" + per)
     return float(count) / period if period > 0 else math.nan

@@ -38,6 +38,11 @@ from crossway.resilience.limiter import (
     too_many,
 )
 
+# The estimate is a float; a caller who waits exactly `retry_after` must find
+# room even if rounding lands a hair above the limit. Counts are integers, so
+# this slack can never admit a whole extra permit.
+_SLACK = 1e-9
+
 
 class SlidingWindowCounter:
     """At most about `limit` permits per sliding `window` (pure; see the module header).
@@ -77,9 +82,9 @@ class SlidingWindowCounter:
             self._roll(now)
         used = self._prev * (self._end - now) * self._inv_window + self._curr
         room = self.limit - used - permits
-        if room >= 0:
+        if room >= -_SLACK:
             self._curr += permits
-            r = int(room)
+            r = int(room) if room > 0 else 0
             return ALLOWED[r] if r < ALLOWED_TABLE_SIZE else new_decision(Decision, (True, 0.0, r))
         left = max(0, int(self.limit - used))
         return new_decision(Decision, (False, self._retry_after(now, permits), left))

@@ -87,7 +87,7 @@ class TokenBucket:
         cost = permits * self._interval
         if cost > self._max_cost or permits < 1:
             raise too_many(permits, self._max_cost // self._interval)
-        t = int(now * NS_PER_S)
+        t = int(now * NS_PER_S + 0.5)
         credit = self._credit
         if t > self._last:
             credit += t - self._last
@@ -108,6 +108,6 @@ class TokenBucket:
 
     def available(self, now: float) -> int:
         """Permits that could be taken at `now` without waiting (does not change state)."""
-        t = int(now * NS_PER_S)
+        t = int(now * NS_PER_S + 0.5)
         credit = self._credit + max(0, t - self._last)
         return max(0, min(credit, self._capacity)) // self._interval
