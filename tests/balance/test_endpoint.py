@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 import crossway.balance as balance
@@ -94,3 +96,12 @@ def test_no_call_is_inert() -> None:
     NO_CALL.end()
     with NO_CALL as call:
         assert call is NO_CALL
+
+
+def test_a_dropped_call_ends_itself() -> None:
+    lb = LeastRequest()
+    ep = Endpoint("a", "10.0.0.1", 80)
+    lb.update([ep])
+    lb.begin(ep)  # result dropped on the floor
+    gc.collect()
+    assert lb.pending("a") == 0

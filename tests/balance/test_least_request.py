@@ -39,9 +39,9 @@ def test_p2c_never_picks_the_most_loaded_of_many(n: int, seed: int) -> None:
     lb = LeastRequest(rng=random.Random(seed))
     eps = endpoints(n)
     lb.update(eps)
-    for _ in range(5):
-        lb.begin(eps[0])
+    in_flight = [lb.begin(eps[0]) for _ in range(5)]
     assert all(lb.pick() != eps[0] for _ in range(20))
+    assert len(in_flight) == 5
 
 
 def test_weights_steer_sampling_at_zero_load() -> None:
@@ -57,10 +57,9 @@ def test_load_is_compared_per_unit_of_weight() -> None:
     lb = LeastRequest(rng=random.Random(1))
     big, small = endpoints(2, weights=[4, 1])
     lb.update([big, small])
-    for _ in range(3):
-        lb.begin(big)  # 3/4 per unit of weight, against 0 for small
+    in_flight = [lb.begin(big) for _ in range(3)]  # 3/4 per unit of weight, against 0
     assert {lb.pick().id for _ in range(20)} == {"ep1"}  # type: ignore[union-attr]
-    lb.begin(small)  # now 3/4 against 1: big wins
+    in_flight.append(lb.begin(small))  # now 3/4 against 1: big wins
     assert {lb.pick().id for _ in range(20)} == {"ep0"}  # type: ignore[union-attr]
 
 
@@ -68,12 +67,13 @@ def test_pending_counts_survive_updates_for_endpoints_that_stay() -> None:
     lb = LeastRequest()
     eps = endpoints(3)
     lb.update(eps)
-    lb.begin(eps[0])
-    lb.begin(eps[0])
+    in_flight = [lb.begin(eps[0]), lb.begin(eps[0])]
     old = lb.begin(eps[2])
     lb.update([*eps[:2], Endpoint("new", "10.0.0.9", 9)])
     assert lb.pending("ep0") == 2
     assert lb.pending("ep2") == 0
+    del in_flight
+    assert lb.pending("ep0") == 0  # dropped calls end themselves
     old.end()  # the call to the departed endpoint ends harmlessly
     assert lb.begin(eps[2]) is NO_CALL
     lb.update(eps)
@@ -129,8 +129,9 @@ def test_peak_ewma_cost_counts_pending() -> None:
     lb = PeakEwma(clock=clock, rng=random.Random(1))
     a, b = endpoints(2)
     lb.update([a, b])
-    lb.begin(a)  # same RTT estimate, but a has one in flight: cost doubles
+    call = lb.begin(a)  # same RTT estimate, but a has one in flight: cost doubles
     assert {lb.pick().id for _ in range(20)} == {"ep1"}  # type: ignore[union-attr]
+    call.end()
 
 
 def test_peak_ewma_steers_away_from_an_endpoint_made_slow() -> None:

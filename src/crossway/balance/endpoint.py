@@ -26,13 +26,15 @@ Invariants
 - An `Endpoint` is an immutable value; its `id` is its identity. Per-endpoint
   state (pending count, latency estimate) is keyed on `id` and survives
   `update` for endpoints that stay.
-- A `Call` ends at most once: a second `end()` is ignored, so pending counts
-  cannot go negative however the caller's error handling nests.
+- A `Call` ends exactly once: a second `end()` is ignored, so pending counts
+  cannot go negative however the caller's error handling nests, and a call
+  dropped without `end()` ends when it is collected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Protocol, runtime_checkable
@@ -81,7 +83,9 @@ class Call:
     Use as a context manager, or call `end()` in a `finally`. Ending records
     the elapsed time; leaving the `with` block by any exception, including
     cancellation, ends the call as failed (the time spent still counts as an
-    observation of that endpoint, as Linkerd does when a response is dropped).
+    observation of that endpoint). A call that is garbage-collected without
+    being ended is ended then, as failed, so a forgotten call cannot leave its
+    endpoint looking busy forever.
     """
 
     __slots__ = ("_load", "_open", "_start")
@@ -103,6 +107,14 @@ class Call:
         load = self._load
         assert load is not None
         load.finish(self._start, now, ok)
+
+    def __del__(self) -> None:
+        # A call dropped without end() would count as in flight forever and
+        # skew load-aware picks away from its endpoint; end it as failed, as
+        # Linkerd does when a response future is dropped. Never raise here.
+        if self._open:
+            with suppress(Exception):
+                self.end(ok=False)
 
     def __enter__(self) -> Call:
         return self
