@@ -2,6 +2,10 @@
 
 Used by the test suite and the benchmarks; also handy for a user's own
 integration tests of code that runs against `--store etcd`.
+
+`EtcdProcess.halt()` stops the server but keeps its data directory and ports,
+and `resume()` starts it again on both, so a test can take etcd away from its
+clients and give it back with every key and revision intact.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def etcd_binary() -> str | None:
@@ -36,8 +40,14 @@ class EtcdProcess:
     endpoint: str
     process: subprocess.Popen[bytes]
     data_dir: str
+    args: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
+        self.halt()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def halt(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10s), keeping its data."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -45,7 +55,15 @@ class EtcdProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def resume(self, *, timeout: float = 20.0) -> None:
+        """Start a halted server again on the same data directory and ports."""
+        if self.process.poll() is None:
+            return
+        self.process = _spawn(self.args)
+        _wait_healthy(self, timeout)
 
 
 def start_etcd(*, timeout: float = 20.0, unsafe_no_fsync: bool = False) -> EtcdProcess:
@@ -70,23 +88,36 @@ def start_etcd(*, timeout: float = 20.0, unsafe_no_fsync: bool = False) -> EtcdP
     ]
     if unsafe_no_fsync:
         args.append("--unsafe-no-fsync")
+    etcd = EtcdProcess(endpoint, _spawn(args), data_dir, args)
+    try:
+        _wait_healthy(etcd, timeout)
+    except RuntimeError:
+        etcd.stop()
+        raise
+    return etcd
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
     env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
-    process = subprocess.Popen(
+    return subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True
     )
-    etcd = EtcdProcess(endpoint, process, data_dir)
+
+
+def _wait_healthy(etcd: EtcdProcess, timeout: float) -> None:
+    process = etcd.process
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            etcd.stop()
             raise RuntimeError(f"etcd exited at start: {err[-2000:]}")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(f"{endpoint}/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return etcd
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(f"{etcd.endpoint}/health", timeout=1) as resp,
+        ):
+            if resp.status == 200:
+                return
         time.sleep(0.1)
-    etcd.stop()
     raise RuntimeError(f"etcd did not become healthy within {timeout}s")
 
 
