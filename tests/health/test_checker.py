@@ -261,3 +261,25 @@ async def test_flapping_guard_in_the_driver(stack: Stack, checker: Checkers) -> 
         assert c.stats.transitions == 2, "the lone failure in between changed nothing"
     finally:
         await prober.aclose()
+
+
+async def test_a_failed_write_is_retried(
+    stack: Stack, checker: Checkers, upstream: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await upstream(status=200)
+    real = stack.registry.set_status
+    calls = 0
+
+    async def flaky(service: str, instance_id: str, status: str, output: str) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("store unavailable")
+        return await real(service, instance_id, status, output)
+
+    monkeypatch.setattr(stack.registry, "set_status", flaky)
+    c = await checker()
+    await register(stack, "w-1", http=server.url)
+    await until(status_is(stack, "w-1", "passing"), 2.0, "recorded on the next probe")
+    assert c.stats.write_errors == 1
+    assert c.stats.transitions == 1

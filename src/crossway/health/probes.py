@@ -274,6 +274,8 @@ def _grpc_error(grpc: Any, exc: Any, time_limit: float) -> ProbeResult:
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return ProbeResult("critical", "gRPC UNIMPLEMENTED: no grpc.health.v1 service")
     details = exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "connection refused" in details.lower():
+        return ProbeResult("critical", "connect refused")  # the same words as HTTP and TCP
     return ProbeResult("critical", f"gRPC {code.name}: {details}".strip(": ")[:MAX_OUTPUT])
 
 
