@@ -169,3 +169,52 @@ def test_peak_ewma_rejects_bad_settings() -> None:
         PeakEwma(decay=0)
     with pytest.raises(InvalidArgument):
         PeakEwma(default_rtt=-1)
+
+
+def test_latency_estimates_survive_updates_for_endpoints_that_stay() -> None:
+    clock = VirtualClock()
+    lb = PeakEwma(clock=clock)
+    eps = endpoints(3)
+    lb.update(eps)
+    call = lb.begin(eps[1])
+    clock.advance(0.400)
+    call.end()
+    lb.update([eps[1], Endpoint("new", "10.0.0.9", 9)])
+    assert lb.rtt_estimate("ep1") == pytest.approx(0.400)
+    assert lb.rtt_estimate("new") == pytest.approx(0.030)
+
+
+@given(
+    samples=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=30.0),  # time since the previous sample
+            st.floats(min_value=0.0, max_value=2.0),  # its RTT
+            st.booleans(),  # ok?
+        ),
+        max_size=30,
+    )
+)
+def test_peak_ewma_estimate_is_peak_sensitive_and_bounded(
+    samples: list[tuple[float, float, bool]],
+) -> None:
+    clock = VirtualClock()
+    lb = PeakEwma(clock=clock, default_rtt=0.030)
+    (ep,) = endpoints(1)
+    lb.update([ep])
+    highest = 0.030
+    for gap, rtt, ok in samples:
+        clock.advance(gap)
+        before = lb.rtt_estimate("ep0")
+        assert before is not None
+        start = max(clock.now() - rtt, 0.0)  # the call began rtt ago (not before t=0)
+        lb.begin(ep, now=start).end(ok=ok)
+        observed = clock.now() - start
+        highest = max(highest, observed)
+        after = lb.rtt_estimate("ep0")
+        assert after is not None
+        assert 0.0 <= after <= highest + 1e-12
+        if observed > before:
+            assert after == pytest.approx(observed)  # a peak is taken at once
+        if not ok:
+            assert after >= before - 1e-12  # a failure never lowers it
+    assert lb.pending("ep0") == 0
