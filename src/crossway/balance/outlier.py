@@ -210,7 +210,7 @@ class OutlierDetector:
         host.consecutive_gateway = (
             host.consecutive_gateway + 1 if outcome is Outcome.GATEWAY_ERROR else 0
         )
-        self._check_streaks(endpoint_id, host, now)
+        self._check_streaks(host, now)
 
     def record_status(self, endpoint_id: str, status: int, now: float | None = None) -> None:
         """`record` for an HTTP status code (502/503/504 count as gateway errors)."""
@@ -237,14 +237,14 @@ class OutlierDetector:
 
     # -- ejection -----------------------------------------------------------
 
-    def _check_streaks(self, endpoint_id: str, host: _Host, now: float) -> None:
+    def _check_streaks(self, host: _Host, now: float) -> None:
         cfg = self._config
         if host.consecutive_5xx >= cfg.consecutive_5xx:
             host.consecutive_5xx = 0
-            self._try_eject(endpoint_id, host, cfg.enforcing_consecutive_5xx, now)
+            self._try_eject(host, cfg.enforcing_consecutive_5xx, now)
         if host.consecutive_gateway >= cfg.consecutive_gateway_failure:
             host.consecutive_gateway = 0
-            self._try_eject(endpoint_id, host, cfg.enforcing_consecutive_gateway_failure, now)
+            self._try_eject(host, cfg.enforcing_consecutive_gateway_failure, now)
 
     def _room_for_one_more(self) -> bool:
         ejected = sum(1 for h in self._hosts.values() if h.ejected_until is not None)
@@ -252,7 +252,7 @@ class OutlierDetector:
             return True
         return (ejected + 1) * 100.0 <= self._config.max_ejection_percent * len(self._hosts)
 
-    def _try_eject(self, endpoint_id: str, host: _Host, enforcing: float, now: float) -> bool:
+    def _try_eject(self, host: _Host, enforcing: float, now: float) -> bool:
         if host.ejected_until is not None or enforcing <= 0:
             return False
         if self._rng.random() * 100.0 >= enforcing or not self._room_for_one_more():
@@ -284,8 +284,8 @@ class OutlierDetector:
     def _expire(self, now: float) -> None:
         for host in self._hosts.values():
             if host.ejected_until is not None and host.ejected_until <= now:
+                host.unejected_at = host.ejected_until  # when it really came back
                 host.ejected_until = None
-                host.unejected_at = now
                 host.reset_counters()
                 self._frozen = None
 
@@ -324,7 +324,7 @@ class OutlierDetector:
         for endpoint_id, rate in sorted(rates.items(), key=lambda item: item[1]):
             if rate >= threshold:
                 break
-            self._try_eject(endpoint_id, self._hosts[endpoint_id], cfg.enforcing_success_rate, at)
+            self._try_eject(self._hosts[endpoint_id], cfg.enforcing_success_rate, at)
 
 
 def _forgivable(host: _Host, at: float, interval: float) -> bool:
