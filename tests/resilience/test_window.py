@@ -199,6 +199,7 @@ def test_percentiles_of_a_known_distribution() -> None:
     for ms in range(1, 1001):
         window.record(0, ms / 1000)
     p50, p99 = window.percentile(0.5), window.percentile(0.99)
-    assert p50 is not None and p99 is not None
+    assert p50 is not None
+    assert p99 is not None
     assert 0.5 <= p50 <= 0.5 * 1.25
     assert 0.99 <= p99 <= 0.99 * 1.25
