@@ -110,7 +110,14 @@ def _unescape(logical: _Logical, start: int, end: int) -> str:
             continue
         out.append(_SIMPLE_ESCAPES.get(escaped, escaped))
         i += 2
-    return "".join(out)
+    return _join_surrogates("".join(out))
+
+
+def _join_surrogates(text: str) -> str:
+    # `\ud83d\ude00` is one character in Java (UTF-16 code units); make it one here.
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
 
 
 def _unicode_escape(logical: _Logical, at: int, end: int) -> str:

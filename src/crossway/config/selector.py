@@ -178,9 +178,7 @@ class _Parser:
 
     def value_set(self) -> tuple[str, ...]:
         self.expect_symbol("(")
-        if self.peek.kind == "symbol" and self.peek.text == ")":
-            raise self.fail("a set needs at least one value", self.peek)
-        values = [self.value()]
+        values = [self.value()]  # `()` is the set of the empty value, as in Kubernetes
         while self.peek.kind == "symbol" and self.peek.text == ",":
             self.take()
             values.append(self.value())
