@@ -78,7 +78,7 @@ class GCRA:
         cost = permits * self._interval
         if cost > self._max_cost or permits < 1:
             raise too_many(permits, self._max_cost // self._interval)
-        t = int(now * NS_PER_S + 0.5)
+        t = int(now * 1e9 + 0.5)  # ns; a literal is cheaper than a global
         tat = self._tat
         if tat < t:
             tat = t
@@ -90,11 +90,12 @@ class GCRA:
             return ALLOWED[r] if r < ALLOWED_TABLE_SIZE else new_decision(Decision, (True, 0.0, r))
         if wait <= self._max_wait:
             self._tat = new_tat
-            return new_decision(Decision, (True, wait / NS_PER_S, 0))
-        left = max(self._tau - (tat - t), 0) // self._interval
-        return new_decision(Decision, (False, (wait - self._max_wait) / NS_PER_S, left))
+            return new_decision(Decision, (True, wait / 1e9, 0))
+        left = self._tau - tat + t
+        left = left // self._interval if left > 0 else 0
+        return new_decision(Decision, (False, (wait - self._max_wait) / 1e9, left))
 
     def available(self, now: float) -> int:
         """Permits that could be taken at `now` without waiting (does not change state)."""
-        t = int(now * NS_PER_S + 0.5)
+        t = int(now * 1e9 + 0.5)
         return max(0, self._tau - max(0, self._tat - t)) // self._interval

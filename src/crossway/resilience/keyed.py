@@ -29,8 +29,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from crossway.core.clock import Clock, SystemClock
-from crossway.resilience.limiter import Decision, RateLimited, RateLimiter
+from crossway.core.clock import Clock
+from crossway.resilience.limiter import Decision, RateLimited, RateLimiter, clock_reader
 
 K = TypeVar("K", bound=Hashable)
 P = ParamSpec("P")
@@ -85,7 +85,7 @@ def _admit(decision: Decision) -> Decision:
 class SyncKeyedLimiter(Generic[K]):
     """A KeyedLimiter behind a lock, with a clock and a real sleep, for threads."""
 
-    __slots__ = ("_clock", "_core", "_lock", "_sleep")
+    __slots__ = ("_decide", "_lock", "_now", "_sleep")
 
     def __init__(
         self,
@@ -94,15 +94,15 @@ class SyncKeyedLimiter(Generic[K]):
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._core = core
-        self._clock: Clock = clock or SystemClock()
+        self._decide = core.try_acquire
+        self._now = clock_reader(clock)
         self._sleep = sleep
         self._lock = threading.Lock()
 
     def try_acquire(self, key: K, permits: int = 1) -> Decision:
         """Decide now for `key`; never waits."""
         with self._lock:
-            return self._core.try_acquire(key, self._clock.now(), permits)
+            return self._decide(key, self._now(), permits)
 
     def acquire(self, key: K, permits: int = 1) -> Decision:
         """Take permits for `key`, sleeping out a queueing limiter's wait.
@@ -132,7 +132,7 @@ class SyncKeyedLimiter(Generic[K]):
 class AsyncKeyedLimiter(Generic[K]):
     """A KeyedLimiter for asyncio callers; the lock is held only around the pure call."""
 
-    __slots__ = ("_clock", "_core", "_lock", "_sleep")
+    __slots__ = ("_decide", "_lock", "_now", "_sleep")
 
     def __init__(
         self,
@@ -141,15 +141,15 @@ class AsyncKeyedLimiter(Generic[K]):
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._core = core
-        self._clock: Clock = clock or SystemClock()
+        self._decide = core.try_acquire
+        self._now = clock_reader(clock)
         self._sleep = sleep
         self._lock = threading.Lock()
 
     def try_acquire(self, key: K, permits: int = 1) -> Decision:
         """Decide now for `key`; never waits."""
         with self._lock:
-            return self._core.try_acquire(key, self._clock.now(), permits)
+            return self._decide(key, self._now(), permits)
 
     async def acquire(self, key: K, permits: int = 1) -> Decision:
         """Take permits for `key`, awaiting a queueing limiter's wait.

@@ -158,13 +158,21 @@ def too_many(permits: int, most: int) -> ValueError:
 # -- blocking and async fronts --------------------------------------------------
 
 
+def clock_reader(clock: Clock | None) -> Callable[[], float]:
+    """The fastest way to read `clock`: time.monotonic itself for the system clock,
+    which saves a Python call on every decision."""
+    if clock is None or type(clock) is SystemClock:
+        return time.monotonic
+    return clock.now
+
+
 class SyncLimiter:
     """A pure limiter behind a lock, with a clock and a real sleep.
 
     Use it as `limiter.acquire()`, `with limiter:` or `@limiter`.
     """
 
-    __slots__ = ("_clock", "_core", "_lock", "_sleep")
+    __slots__ = ("_core", "_decide", "_lock", "_now", "_sleep")
 
     def __init__(
         self,
@@ -174,7 +182,8 @@ class SyncLimiter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._core = core
-        self._clock: Clock = clock or SystemClock()
+        self._decide = core.try_acquire
+        self._now = clock_reader(clock)
         self._sleep = sleep
         self._lock = threading.Lock()
 
@@ -185,7 +194,7 @@ class SyncLimiter:
     def try_acquire(self, permits: int = 1) -> Decision:
         """Decide now; never waits. The caller honours a positive `wait` itself."""
         with self._lock:
-            return self._core.try_acquire(self._clock.now(), permits)
+            return self._decide(self._now(), permits)
 
     def acquire(self, permits: int = 1) -> Decision:
         """Take permits, sleeping out a queueing limiter's wait.
@@ -224,7 +233,7 @@ class AsyncLimiter:
     core can serve threads and the event loop at once without blocking either.
     """
 
-    __slots__ = ("_clock", "_core", "_lock", "_sleep")
+    __slots__ = ("_core", "_decide", "_lock", "_now", "_sleep")
 
     def __init__(
         self,
@@ -234,7 +243,8 @@ class AsyncLimiter:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._core = core
-        self._clock: Clock = clock or SystemClock()
+        self._decide = core.try_acquire
+        self._now = clock_reader(clock)
         self._sleep = sleep
         self._lock = threading.Lock()
 
@@ -245,7 +255,7 @@ class AsyncLimiter:
     def try_acquire(self, permits: int = 1) -> Decision:
         """Decide now; never waits."""
         with self._lock:
-            return self._core.try_acquire(self._clock.now(), permits)
+            return self._decide(self._now(), permits)
 
     async def acquire(self, permits: int = 1) -> Decision:
         """Take permits, awaiting a queueing limiter's wait.

@@ -87,7 +87,7 @@ class TokenBucket:
         cost = permits * self._interval
         if cost > self._max_cost or permits < 1:
             raise too_many(permits, self._max_cost // self._interval)
-        t = int(now * NS_PER_S + 0.5)
+        t = int(now * 1e9 + 0.5)  # ns; a literal is cheaper than a global
         credit = self._credit
         if t > self._last:
             credit += t - self._last
@@ -101,13 +101,13 @@ class TokenBucket:
             return ALLOWED[r] if r < ALLOWED_TABLE_SIZE else new_decision(Decision, (True, 0.0, r))
         if -left <= self._max_debt:
             self._credit = left
-            return new_decision(Decision, (True, -left / NS_PER_S, 0))
+            return new_decision(Decision, (True, -left / 1e9, 0))
         self._credit = credit
-        retry = (-left - self._max_debt) / NS_PER_S
-        return new_decision(Decision, (False, retry, max(credit, 0) // self._interval))
+        retry = (-left - self._max_debt) / 1e9
+        return new_decision(Decision, (False, retry, credit // self._interval if credit > 0 else 0))
 
     def available(self, now: float) -> int:
         """Permits that could be taken at `now` without waiting (does not change state)."""
-        t = int(now * NS_PER_S + 0.5)
+        t = int(now * 1e9 + 0.5)
         credit = self._credit + max(0, t - self._last)
         return max(0, min(credit, self._capacity)) // self._interval
