@@ -389,6 +389,33 @@ async def test_a_refused_watch_ends_with_the_error() -> None:
     await watch.aclose()
 
 
+async def test_a_watch_refused_at_creation_ends_but_a_cancelled_one_resumes() -> None:
+    refused = rpc.WatchResponse(created=True, canceled=True, cancel_reason="permission denied")
+    watch = EtcdWatch(lambda _: (FakeCall([refused]), "fake"), "/w/", 1)
+    with pytest.raises(InvalidArgument, match="permission denied"):
+        await watch.next_batch()
+    await watch.aclose()
+
+    no_leader = rpc.WatchResponse(canceled=True, cancel_reason="etcdserver: no leader")
+    calls = [FakeCall([_created(5), no_leader]), FakeCall([_created(5), _response(6)])]
+    watch = EtcdWatch(lambda _: (calls.pop(0), "fake"), "/w/", 5)
+    (event,) = await take(watch, 1)
+    await watch.aclose()
+    assert event.revision == 6
+
+
+async def test_a_stream_that_just_ends_is_resumed() -> None:
+    class Ending(FakeCall):
+        async def read(self) -> Any:
+            return None if not self.script else self.script.pop(0)  # grpc's EOF
+
+    calls = [Ending([_created(1), _response(2)]), FakeCall([_created(2), _response(3)])]
+    watch = EtcdWatch(lambda _: (calls.pop(0), "fake"), "/w/", 1)
+    events = await take(watch, 2)
+    await watch.aclose()
+    assert [e.revision for e in events] == [2, 3]
+
+
 # Pure parts
 
 

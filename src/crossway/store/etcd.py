@@ -151,8 +151,7 @@ class _Connection:
         lease: int = NO_LEASE,
     ) -> T:
         attempts = len(self._endpoints) if idempotent else 1
-        error: CrosswayError = StoreClosed()
-        for _ in range(attempts):
+        while True:
             if self.closed:
                 raise StoreClosed()
             endpoint = self._endpoints[self._current]
@@ -160,10 +159,10 @@ class _Connection:
                 return await action(endpoint)
             except rpc.AioRpcError as exc:
                 error = self._translate(exc, endpoint, lease)
-            if not isinstance(error, StoreUnavailable):
-                break
-        # Raised outside the except block: the grpc error is not a user's concern.
-        raise error
+            attempts -= 1
+            if attempts == 0 or not isinstance(error, StoreUnavailable):
+                # Raised outside the except block: the grpc error is no user's concern.
+                raise error
 
     def _translate(self, exc: Any, endpoint: _Endpoint, lease: int) -> CrosswayError:
         if self.closed:

@@ -37,7 +37,7 @@ from typing import Any
 
 from aetcd import rpc
 
-from crossway.core.errors import CrosswayError
+from crossway.core.errors import CrosswayError, InvalidArgument
 from crossway.store.errors import CompactedError, StoreUnavailable
 from crossway.store.etcd_codec import event, translate_rpc_error, watch_create_request
 from crossway.store.types import Event
@@ -211,6 +211,10 @@ class EtcdWatch:
             except CrosswayError as exc:
                 self._fail(exc)
                 return
+            except Exception as exc:  # a fault of ours or grpc's: end the watch, loudly
+                log.exception("watch on %r failed", self.prefix)
+                self._fail(StoreUnavailable(f"the watch on {self.prefix!r} failed: {exc!r}"))
+                return
             await asyncio.sleep(self._backoff.next_delay(random.random()))
 
     async def _follow(self) -> None:
@@ -235,9 +239,10 @@ class EtcdWatch:
             requested = self._cursor.start_revision() - 1
             raise CompactedError(requested, response.compact_revision)
         if response.canceled:
-            raise _Resume(
-                f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}"
-            )
+            reason = response.cancel_reason or "no reason given"
+            if response.created:  # refused outright: asking again will not help
+                raise InvalidArgument(f"etcd refused the watch on {self.prefix!r}: {reason}")
+            raise _Resume(f"etcd cancelled the watch: {reason}")
         if response.created:
             self._cursor.created(response.header.revision)
             self._backoff.reset()
