@@ -33,7 +33,8 @@ async def test_publish_versions_and_history(
     assert second.revision > first.revision
     snapshot = await center.read(orders)
     assert snapshot.index == second.revision
-    assert snapshot.entry is not None and snapshot.entry.live is not None
+    assert snapshot.entry is not None
+    assert snapshot.entry.live is not None
     assert snapshot.entry.live.content == "port: 2\n"
     history = await center.history(orders)
     assert [(r.version, r.author, r.message) for r in history] == [
@@ -72,7 +73,8 @@ async def test_concurrent_cas_writers_one_wins(center: ConfigCenter, orders: Con
     )
     won = [r for r in results if not isinstance(r, BaseException)]
     lost = [r for r in results if isinstance(r, PreconditionFailed)]
-    assert len(won) == 1 and len(lost) == 4
+    assert len(won) == 1
+    assert len(lost) == 4
     assert [r.version for r in await center.history(orders)] == [2, 1]
 
 
@@ -142,8 +144,10 @@ async def test_diff(center: ConfigCenter, orders: ConfigRef) -> None:
     await center.publish(orders, "a: 1\nb: 2\n", fmt="yaml", author=ALICE)
     await center.publish(orders, "a: 1\nb: 3", fmt="yaml", author=ALICE)
     text = await center.diff(orders, 1, 2)
-    assert f"--- {orders}@1" in text and f"+++ {orders}@2" in text
-    assert "-b: 2\n" in text and "+b: 3\n\\ No newline at end of file\n" in text
+    assert f"--- {orders}@1" in text
+    assert f"+++ {orders}@2" in text
+    assert "-b: 2\n" in text
+    assert "+b: 3\n\\ No newline at end of file\n" in text
     assert await center.diff(orders, None, None) == text
     assert await center.diff(orders, 2, 2) == ""
     with pytest.raises(NotFound):
@@ -155,7 +159,8 @@ async def test_delete_is_a_version(center: ConfigCenter, orders: ConfigRef) -> N
     deleted = await center.delete(orders, author=BOB)
     assert deleted.version == 2
     snapshot = await center.read(orders)
-    assert resolve(snapshot, {}) is None and snapshot.index == deleted.revision
+    assert resolve(snapshot, {}) is None
+    assert snapshot.index == deleted.revision
     with pytest.raises(NotFound):
         await center.delete(orders, author=BOB)
     with pytest.raises(InvalidArgument):
@@ -172,12 +177,18 @@ async def test_beta_is_served_only_to_matching_labels(
     beta = await center.publish_beta(
         orders, "a: 2\n", fmt="yaml", selector="zone in (eu-1), canary", author=BOB
     )
-    assert beta.beta and beta.selector == "zone in (eu-1),canary" and beta.version == 1
+    assert beta.beta
+    assert beta.selector == "zone in (eu-1),canary"
+    assert beta.version == 1
     snapshot = await center.read(orders)
     matching = resolve(snapshot, {"zone": "eu-1", "canary": "true"})
     other = resolve(snapshot, {"zone": "us-1", "canary": "true"})
-    assert matching is not None and matching.beta and matching.content == "a: 2\n"
-    assert other is not None and not other.beta and other.content == "a: 1\n"
+    assert matching is not None
+    assert matching.beta
+    assert matching.content == "a: 2\n"
+    assert other is not None
+    assert not other.beta
+    assert other.content == "a: 1\n"
     assert matching.index == other.index == snapshot.index == beta.revision
     assert len(await center.history(orders)) == 1, "a beta is not a version"
 
@@ -191,18 +202,23 @@ async def test_promote_and_abandon(center: ConfigCenter, orders: ConfigRef) -> N
     await center.publish_beta(orders, "a: 2\n", fmt="yaml", selector="canary", author=BOB)
     abandoned = await center.abandon(orders)
     snapshot = await center.read(orders)
-    assert snapshot.entry is not None and snapshot.entry.beta is None
+    assert snapshot.entry is not None
+    assert snapshot.entry.beta is None
     assert snapshot.index == abandoned.revision
     view = resolve(snapshot, {"canary": "1"})
-    assert view is not None and view.content == "a: 1\n"
+    assert view is not None
+    assert view.content == "a: 1\n"
     await center.publish_beta(orders, "a: 3\n", fmt="yaml", selector="canary", author=BOB)
     promoted = await center.promote(orders, author=Author("alice"))
-    assert promoted.version == 2 and not promoted.beta
+    assert promoted.version == 2
+    assert not promoted.beta
     snapshot = await center.read(orders)
-    assert snapshot.entry is not None and snapshot.entry.beta is None
+    assert snapshot.entry is not None
+    assert snapshot.entry.beta is None
     assert (await center.history(orders))[0].message == "promote beta (canary)"
     everyone = resolve(snapshot, {})
-    assert everyone is not None and everyone.content == "a: 3\n"
+    assert everyone is not None
+    assert everyone.content == "a: 3\n"
 
 
 async def test_beta_without_a_release(center: ConfigCenter, orders: ConfigRef) -> None:
@@ -210,7 +226,8 @@ async def test_beta_without_a_release(center: ConfigCenter, orders: ConfigRef) -
     snapshot = await center.read(orders)
     assert resolve(snapshot, {}) is None
     view = resolve(snapshot, {"canary": ""})
-    assert view is not None and view.version == 0
+    assert view is not None
+    assert view.version == 0
     with pytest.raises(NotFound):
         await center.history(orders)
 
