@@ -194,7 +194,11 @@ class _Connection:
             try:
                 await endpoint.kv.Range(revision_probe(), timeout=wait, wait_for_ready=True)
             except rpc.AioRpcError as exc:
-                problems.append(f"{endpoint.url}: {exc.code().name} {exc.details() or ''}".strip())
+                timed_out = exc.code().name == "DEADLINE_EXCEEDED"
+                why = (
+                    f"no answer within {wait:g}s" if timed_out else exc.details() or exc.code().name
+                )
+                problems.append(f"{endpoint.url}: {why}")
                 continue
             self._current = index
             return

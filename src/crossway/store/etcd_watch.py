@@ -247,9 +247,7 @@ class EtcdWatch:
             self._cursor.created(response.header.revision)
             self._backoff.reset()
             if self._lost:
-                log.warning(
-                    "watch on %r resumed after revision %s", self.prefix, self._cursor.after
-                )
+                log.info("watch on %r resumed after revision %s", self.prefix, self._cursor.after)
                 self._lost = False
             return
         if not response.events:
