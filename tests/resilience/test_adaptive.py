@@ -21,6 +21,7 @@ from crossway.resilience.adaptive import (
     Gradient2,
     GradientController,
     Vegas,
+    Windowed,
 )
 
 SPACING = 0.01  # seconds between completions: ten per Envoy update interval
@@ -167,6 +168,23 @@ def test_envoy_controller_keeps_a_bounded_sample() -> None:
     algo = GradientController(min_rtt_requests=1, max_samples=16, update_interval=1000.0)
     feed(algo, 0.0, 0.01, 5000)
     assert len(algo._samples) <= 16
+
+
+def test_windowed_passes_on_one_averaged_sample_per_window() -> None:
+    inner = Recording(limit=7)
+    windowed = Windowed(inner, min_window=0.1, max_window=0.1, window_size=3)
+    assert windowed.limit == 7
+    windowed.on_sample(0.00, 0.010, 4)  # opens the first window
+    assert len(inner.samples) == 0  # one sample is not a window
+    for i, rtt in enumerate([0.010, 0.020, 0.030, 0.00001]):  # the last is below min_rtt
+        windowed.on_sample(0.01 + i * 0.01, rtt, 5 + i)
+    windowed.on_sample(0.11, 0.040, 3, dropped=True)  # closes it
+    assert inner.samples == [(0.11, pytest.approx(0.025), 7, True)]
+    for i in range(2):
+        windowed.on_sample(0.15 + i * 0.1, 0.010, 1)  # too few samples: window dropped
+    assert len(inner.samples) == 1
+    with pytest.raises(ValueError, match="min_window"):
+        Windowed(inner, min_window=2, max_window=1)
 
 
 def test_bounds_are_validated() -> None:

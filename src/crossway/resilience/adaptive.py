@@ -24,6 +24,9 @@
 #   (min_rtt * (1 + buffer)) / sample_rtt in [0.5, 2], and
 #   limit = limit * gradient + sqrt(limit * gradient) (the headroom).
 #
+# `Windowed` feeds Gradient2 or Vegas one averaged sample per window, as
+# Netflix's library does; per-request updates at thousands of requests per
+# second move the limit faster than latency can answer, and it oscillates.
 # `AdaptiveLimiter` admits while inflight < limit and feeds each completion's RTT
 # to the algorithm; `ConcurrencyGuard` is its thin sync/async front.
 #
@@ -365,6 +368,74 @@ class GradientController:
         new = int(scaled + math.sqrt(scaled))
         self._limit = float(max(self.min_concurrency, min(self.max_limit, new)))
         self._at_min = self._at_min + 1 if self._limit == self.min_concurrency else 0
+
+
+class Windowed:
+    """Feeds an algorithm one aggregate sample per window (Netflix's WindowedLimit).
+
+    Per-request samples make Gradient2 and Vegas move the limit thousands of
+    times a second, faster than latency can answer, so they oscillate. This
+    wrapper averages the RTTs of a window (at least `window_size` samples,
+    between `min_window` and `max_window` long, about two RTTs when that fits)
+    and passes on the average, the highest inflight seen and whether anything
+    dropped. Samples under `min_rtt` (cache hits, errors) are ignored.
+    """
+
+    __slots__ = (
+        "_count",
+        "_dropped",
+        "_inflight",
+        "_min",
+        "_next",
+        "_sum",
+        "algorithm",
+        "max_window",
+        "min_rtt",
+        "min_window",
+        "window_size",
+    )
+
+    def __init__(
+        self,
+        algorithm: ConcurrencyLimit,
+        *,
+        min_window: float | str = 1.0,
+        max_window: float | str = 1.0,
+        window_size: int = 10,
+        min_rtt: float | str = 100e-6,
+    ) -> None:
+        self.algorithm = algorithm
+        self.min_window, self.max_window = seconds(min_window), seconds(max_window)
+        if self.min_window > self.max_window or window_size < 1:
+            raise ValueError("need min_window <= max_window and window_size >= 1")
+        self.window_size, self.min_rtt = window_size, seconds(min_rtt)
+        self._next = -math.inf
+        self._sum, self._count, self._min = 0.0, 0, math.inf
+        self._inflight, self._dropped = 0, False
+
+    @property
+    def limit(self) -> int:
+        return self.algorithm.limit
+
+    def on_sample(self, now: float, rtt: float, inflight: int, dropped: bool = False) -> None:
+        if rtt < self.min_rtt:
+            return
+        self._sum += rtt
+        self._count += 1
+        self._min = min(self._min, rtt)
+        self._inflight = max(self._inflight, inflight)
+        self._dropped = self._dropped or dropped
+        if now > self._next:
+            self._close(now)
+
+    def _close(self, now: float) -> None:
+        span = min(max(self._min * 2, self.min_window), self.max_window)
+        self._next = now + span
+        if self._count >= self.window_size:
+            average = self._sum / self._count
+            self.algorithm.on_sample(now, average, self._inflight, self._dropped)
+        self._sum, self._count, self._min = 0.0, 0, math.inf
+        self._inflight, self._dropped = 0, False
 
 
 # -- admission -----------------------------------------------------------------
