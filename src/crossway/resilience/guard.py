@@ -232,7 +232,8 @@ class GuardedBreaker:
 
     def _wrap_timed(self, fn: Callable[..., T]) -> Callable[..., T]:
         # Locals bound once: this closure is the per-call hot path.
-        me, now, settle, slow, policy = self, self._now, self._settle, self._slow, self._policy
+        me, now, settle, slow = self, self._now, self._settle, self._slow
+        policy, checks = self._policy, self._policy.checks_results
 
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> T:
@@ -248,7 +249,7 @@ class GuardedBreaker:
             end = now()
             duration = end - start
             code = _SLOW if duration >= slow else 0
-            if policy.checks_results and policy.result_failed(result):
+            if checks and policy.result_failed(result):
                 code |= _FAILED
             settle(token, code, duration, end)
             return result
@@ -256,7 +257,8 @@ class GuardedBreaker:
         return guarded
 
     def _wrap_untimed(self, fn: Callable[..., T]) -> Callable[..., T]:
-        me, now, settle, policy = self, self._now, self._settle, self._policy
+        me, now, settle = self, self._now, self._settle
+        policy, checks = self._policy, self._policy.checks_results
 
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> T:
@@ -268,7 +270,7 @@ class GuardedBreaker:
             except BaseException as exc:
                 me._exit_exception(token, 0.0, exc)
                 raise
-            if policy.checks_results and policy.result_failed(result):
+            if checks and policy.result_failed(result):
                 settle(token, _FAILED, 0.0, now())
             elif token != me._clean_epoch:
                 settle(token, 0, 0.0, now())
@@ -277,18 +279,28 @@ class GuardedBreaker:
         return guarded
 
     def _wrap_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        me, checks = self, self._policy.checks_results
+        me, now, settle, slow = self, self._now, self._settle, self._slow
+        policy, checks, timed = self._policy, self._policy.checks_results, self._timed
 
         @functools.wraps(fn)
         async def guarded(*args: Any, **kwargs: Any) -> T:
-            token, start = me._enter()
+            token = me._closed_epoch
+            start = now() if timed else 0.0
+            if token < 0:
+                token = me._admit_or_raise(now())
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
                 me._exit_exception(token, start, exc)
                 raise
-            if checks or token != me._clean_epoch:
+            if checks and policy.result_failed(result):
                 me._exit_result(token, start, result)
+            elif timed:
+                end = now()
+                duration = end - start
+                settle(token, _SLOW if duration >= slow else 0, duration, end)
+            elif token != me._clean_epoch:
+                settle(token, 0, 0.0, now())
             return result
 
         return guarded

@@ -153,9 +153,13 @@ class Retry:
         self._async_sleep = async_sleep
         self._rand = rand
         self._checks = self.policy.checks_results
+        # Without a budget or per-attempt timeout the first attempt runs inline.
+        self._plain = budget is None and attempt_timeout is None
+        # time.monotonic is what SystemClock.now returns; binding it skips a call layer.
+        self._now = time.monotonic if type(self._clock) is SystemClock else self._clock.now
 
     def _next_delay(self, attempts: int, start: float, previous: float | None) -> float | None:
-        now = self._clock.now()
+        now = self._now()
         delay = self.policy.next_delay(
             attempts,
             elapsed=now - start,
@@ -190,11 +194,27 @@ class Retry:
         giving up; re-raises the last exception when giving up; a
         non-retryable exception (and any BaseException) propagates at once.
         """
+        if not self._plain:
+            return cast(T, self._call_budgeted(fn, args, kwargs))
+        # The first attempt inline: on success this is all a retry costs.
+        start = self._now()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if not self.policy.retryable_exception(exc):
+                raise
+            return cast(T, self._retry_sync(fn, args, kwargs, start, (exc, None)))
+        if self._checks and self.policy.retryable_result(result):
+            return cast(T, self._retry_sync(fn, args, kwargs, start, (None, result)))
+        return result
+
+    def _call_budgeted(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         budget = self.budget
         if budget is not None:
             budget.on_request()
         try:
-            return cast(T, self._run_sync(fn, args, kwargs))
+            start = self._now()
+            return self._retry_sync(fn, args, kwargs, start, self._once_sync(fn, args, kwargs))
         finally:
             if budget is not None:
                 budget.on_request_done()
@@ -210,9 +230,10 @@ class Retry:
                 raise
             return exc, None
 
-    def _run_sync(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        start = self._clock.now()
-        outcome = self._once_sync(fn, args, kwargs)
+    def _retry_sync(
+        self, fn: Callable[..., Any], args: Any, kwargs: Any, start: float, outcome: _Outcome
+    ) -> Any:
+        """Retry after the first attempt's `outcome` until done or out of tries."""
         attempts, previous = 1, None
         while self._again(outcome):
             delay = self._next_delay(attempts, start, previous)
@@ -236,11 +257,29 @@ class Retry:
         Cancellation of the awaiting task propagates at once, from an attempt
         or from a backoff sleep, and is never retried.
         """
+        if not self._plain:
+            return cast(T, await self._call_budgeted_async(fn, args, kwargs))
+        start = self._now()
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception as exc:
+            if not self.policy.retryable_exception(exc):
+                raise
+            return cast(T, await self._retry_async(fn, args, kwargs, start, (exc, None)))
+        if self._checks and self.policy.retryable_result(result):
+            return cast(T, await self._retry_async(fn, args, kwargs, start, (None, result)))
+        return result
+
+    async def _call_budgeted_async(
+        self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any
+    ) -> Any:
         budget = self.budget
         if budget is not None:
             budget.on_request()
         try:
-            return cast(T, await self._run_async(fn, args, kwargs))
+            start = self._now()
+            outcome = await self._once_async(fn, args, kwargs)
+            return await self._retry_async(fn, args, kwargs, start, outcome)
         finally:
             if budget is not None:
                 budget.on_request_done()
@@ -258,9 +297,14 @@ class Retry:
                 raise
             return exc, None
 
-    async def _run_async(self, fn: Callable[..., Awaitable[Any]], args: Any, kwargs: Any) -> Any:
-        start = self._clock.now()
-        outcome = await self._once_async(fn, args, kwargs)
+    async def _retry_async(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: Any,
+        kwargs: Any,
+        start: float,
+        outcome: _Outcome,
+    ) -> Any:
         attempts, previous = 1, None
         while self._again(outcome):
             delay = self._next_delay(attempts, start, previous)
