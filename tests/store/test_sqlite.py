@@ -167,3 +167,29 @@ async def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(Exception, match="not a database"):
         await open_sqlite_store(path)
+
+
+async def test_compaction_folds_history_and_state_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = await open_sqlite_store(path)
+    for i in range(20):
+        await store.put(f"/k/{i % 5}", str(i).encode())
+    await store.delete("/k/0")
+    middle = await store.revision()
+    await store.put("/k/1", b"after")
+    await store.delete("/k/2")
+    expected = {kv.key: kv for kv in (await store.range("/")).kvs}
+    await store.compact(middle)
+    await store.close()
+
+    store = await open_sqlite_store(path)
+    assert {kv.key: kv for kv in (await store.range("/")).kvs} == expected
+    assert await store.compacted_revision() == middle
+    watch = store.watch("/", after_revision=middle)
+    events = [await watch.__anext__() for _ in range(2)]
+    assert [(e.type, e.kv.key) for e in events] == [
+        (EventType.PUT, "/k/1"),
+        (EventType.DELETE, "/k/2"),
+    ]
+    await watch.aclose()
+    await store.close()

@@ -3,9 +3,12 @@
 `LocalStore` keeps the working state in memory; this module makes it durable.
 
 Schema
-- `kv`     the current value of every key (loaded into memory at start);
-- `log`    every event by (revision, seq), so a watcher can resume from any
-           revision newer than the compacted one, across restarts;
+- `log`    every event since the compacted revision, by (revision, seq): a
+           watcher resumes from any revision newer than the compacted one,
+           across restarts;
+- `kv`     the keys as they stood at the compacted revision; compaction folds
+           the log rows it drops into it. A change is therefore written once
+           (to the log), not twice; start-up loads `kv` and replays the log;
 - `leases` granted leases (id, ttl). Renewals are never written;
 - `meta`   the current and the compacted revision.
 
@@ -66,17 +69,26 @@ class SQLitePersister:
     def load(self) -> LoadedState:
         db = self._db
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-        kvs = [
-            KeyValue(k, bytes(v), c, m, ver, lease)
+        kvs = {
+            k: KeyValue(k, bytes(v), c, m, ver, lease)
             for k, v, c, m, ver, lease in db.execute(
                 "SELECT key, value, create_revision, mod_revision, version, lease FROM kv"
             )
-        ]
+        }
+        for row in db.execute(
+            "SELECT revision, type, key, value, create_revision, version, lease FROM log "
+            "ORDER BY revision, seq"
+        ):
+            event = _event(*row)
+            if event.type is EventType.PUT:
+                kvs[event.kv.key] = event.kv
+            else:
+                kvs.pop(event.kv.key, None)
         leases = [LeaseGranted(i, t) for i, t in db.execute("SELECT id, ttl FROM leases")]
         return LoadedState(
             revision=meta.get("revision", 0),
             compacted=meta.get("compacted", 0),
-            kvs=kvs,
+            kvs=list(kvs.values()),
             leases=leases,
         )
 
@@ -84,32 +96,57 @@ class SQLitePersister:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            log_rows: list[tuple[object, ...]] = []
+            revision = 0
             for record in records:
-                self._write_one(record)
+                if isinstance(record, Changes):
+                    log_rows.extend(_log_rows(record))
+                    revision = record.revision
+                else:
+                    self._flush_log(log_rows)
+                    self._write_other(record)
+            self._flush_log(log_rows)
+            if revision:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (revision,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _write_one(self, record: Record) -> None:
+    def _flush_log(self, rows: list[tuple[object, ...]]) -> None:
+        if rows:
+            self._db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            rows.clear()
+
+    def _write_other(self, record: Record) -> None:
         db = self._db
-        if isinstance(record, Changes):
-            upserts, deletes, log_rows = _rows(record)
-            if upserts:
-                db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)", upserts)
-            if deletes:
-                db.executemany("DELETE FROM kv WHERE key = ?", deletes)
-            db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?, ?)", log_rows)
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('revision', ?)", (record.revision,)
-            )
-        elif isinstance(record, LeaseGranted):
+        if isinstance(record, LeaseGranted):
             db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?)", (record.id, record.ttl))
         elif isinstance(record, LeaseRevoked):
             db.execute("DELETE FROM leases WHERE id = ?", (record.id,))
         elif isinstance(record, Compacted):
-            db.execute("DELETE FROM log WHERE revision <= ?", (record.revision,))
+            self._fold(record.revision)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (record.revision,))
+
+    def _fold(self, revision: int) -> None:
+        """Move the log up to `revision` into `kv`: the last change of each key wins."""
+        db = self._db
+        last: dict[str, tuple[object, ...]] = {}
+        for row in db.execute(
+            "SELECT revision, type, key, value, create_revision, version, lease FROM log "
+            "WHERE revision <= ? ORDER BY revision, seq",
+            (revision,),
+        ):
+            last[row[2]] = row
+        upserts = [
+            (key, value, create, rev, version, lease)
+            for key, (rev, kind, _, value, create, version, lease) in last.items()
+            if kind == PUT
+        ]
+        deletes = [(key,) for key, row in last.items() if row[1] == DELETE]
+        db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)", upserts)
+        db.executemany("DELETE FROM kv WHERE key = ?", deletes)
+        db.execute("DELETE FROM log WHERE revision <= ?", (revision,))
 
     def events_between(self, prefix: str, after: int, upto: int) -> list[Event]:
         sql = (
@@ -131,26 +168,16 @@ class SQLitePersister:
         self._db.close()
 
 
-def _rows(
-    record: Changes,
-) -> tuple[list[tuple[object, ...]], list[tuple[str]], list[tuple[object, ...]]]:
-    upserts: list[tuple[object, ...]] = []
-    deletes: list[tuple[str]] = []
-    log_rows: list[tuple[object, ...]] = []
+def _log_rows(record: Changes) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    revision = record.revision
     for seq, event in enumerate(record.events):
         kv = event.kv
-        if event.type is EventType.PUT:
-            upserts.append(
-                (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
-            )
-            kind = PUT
-        else:
-            deletes.append((kv.key,))
-            kind = DELETE
-        log_rows.append(
-            (record.revision, seq, kind, kv.key, kv.value, kv.create_revision, kv.version, kv.lease)
+        kind = PUT if event.type is EventType.PUT else DELETE
+        rows.append(
+            (revision, seq, kind, kv.key, kv.value, kv.create_revision, kv.version, kv.lease)
         )
-    return upserts, deletes, log_rows
+    return rows
 
 
 def _event(
