@@ -54,8 +54,11 @@ class StoreClosed(Unavailable):
 
 
 class StoreUnavailable(Unavailable):
-    """The backend cannot take the request now (disk full, etcd down); nothing
-    was applied."""
+    """The backend cannot take the request now (disk full, etcd down).
+
+    The local backends apply nothing when they raise it. A write to etcd whose
+    connection broke mid-request may have been applied, exactly as with any
+    network call: re-read (or use compare-and-set) before retrying."""
 
     code = "store_unavailable"
 
