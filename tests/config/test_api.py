@@ -331,13 +331,11 @@ async def test_listings(client: httpx2.AsyncClient, namespace: str) -> None:
 
 
 async def test_import_and_export(client: httpx2.AsyncClient, store: Store, namespace: str) -> None:
-    body = {
-        "message": "from git",
-        "entries": [
-            {"group": "DEFAULT_GROUP", "key": "application.yml", "content": "a: 1\n"},
-            {"group": "orders", "key": "orders.properties", "content": "x=1\n"},
-        ],
-    }
+    entries = [
+        {"group": "DEFAULT_GROUP", "key": "application.yml", "content": "a: 1\n"},
+        {"group": "orders", "key": "orders.properties", "content": "x=1\n"},
+    ]
+    body: dict[str, object] = {"message": "from git", "entries": entries}
     imported = await client.post(f"/v1/config/{namespace}/_import", json=body)
     assert imported.status_code == 200, imported.text
     report = imported.json()
@@ -348,7 +346,7 @@ async def test_import_and_export(client: httpx2.AsyncClient, store: Store, names
         ("orders", "orders.properties", "properties"),
     ]
     before = await store.revision()
-    body["entries"].append({"group": "orders", "key": "bad.json", "content": "{", "source": "x"})
+    entries.append({"group": "orders", "key": "bad.json", "content": "{", "source": "x"})
     refused = await client.post(f"/v1/config/{namespace}/_import", json=body)
     assert refused.status_code == 400
     assert refused.json()["error"]["errors"][0]["source"] == "x"

@@ -82,7 +82,7 @@ class _CompactingOnce:
 async def test_compaction_makes_waiters_re_read() -> None:
     inner = open_memory_store()
     store = _CompactingOnce(inner)
-    feed = ConfigFeed(store)  # type: ignore[arg-type]
+    feed = ConfigFeed(store)
     waiter = feed.subscribe("/config/n/g/k", 0)
     await feed.start()
     assert await asyncio.wait_for(waiter, 10) is None

@@ -99,7 +99,7 @@ def _escape(text: str, *, key: bool) -> str:
     return "".join(out)
 
 
-_text = st.text(st.characters(codec="utf-16", exclude_categories=("Cs",)), max_size=12)
+_text = st.text(st.characters(codec="utf-16", exclude_categories=["Cs"]), max_size=12)
 
 
 @given(st.dictionaries(_text.filter(bool), _text, max_size=6), st.sampled_from(["=", ":", " = "]))
