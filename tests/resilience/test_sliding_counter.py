@@ -30,6 +30,15 @@ def test_the_previous_window_counts_by_its_remaining_share() -> None:
     assert granted == [True] * 5 + [False]
 
 
+def test_a_refusal_reports_the_whole_permits_still_free() -> None:
+    counter = SlidingWindowCounter(limit=10, window=1.0)
+    for _ in range(10):
+        counter.try_acquire(0.5)
+    # At 1.25, 7.5 of the previous window's 10 still count: 2.5 free.
+    assert counter.try_acquire(1.25, 3) == Decision(False, pytest.approx(0.05), 2)
+    assert counter.try_acquire(1.25, 2).remaining == 0
+
+
 def test_a_gap_of_two_windows_forgets_everything() -> None:
     counter = SlidingWindowCounter(limit=3, window="1s")
     for _ in range(3):

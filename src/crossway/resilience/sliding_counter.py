@@ -86,8 +86,10 @@ class SlidingWindowCounter:
             self._curr += permits
             r = int(room) if room > 0 else 0
             return ALLOWED[r] if r < ALLOWED_TABLE_SIZE else new_decision(Decision, (True, 0.0, r))
-        left = max(0, int(self.limit - used))
-        return new_decision(Decision, (False, self._retry_after(now, permits), left))
+        left = int(room + permits)  # whole permits free now (limit - used)
+        return new_decision(
+            Decision, (False, self._retry_after(now, permits), left if left > 0 else 0)
+        )
 
     def _roll(self, now: float) -> None:
         index, offset = divmod(now, self.window)
@@ -101,10 +103,14 @@ class SlidingWindowCounter:
 
     def _retry_after(self, now: float, permits: int) -> float:
         """Seconds until the estimate leaves room for `permits` (no other grants meanwhile)."""
+        # Plain comparisons instead of max(): this runs on every refusal.
         room = self.limit - permits - self._curr
-        if room >= 0 and self._prev > 0:
+        if room >= 0 and self._prev:
             # This window: wait until the previous window's weight has decayed.
-            return max(0.0, (self._end - now) - room / self._prev * self.window)
+            wait = (self._end - now) - room / self._prev * self.window
+            return wait if wait > 0.0 else 0.0
         # Next window: the current count becomes the decaying previous one.
+        to_end = self._end - now
+        wait = to_end if to_end > 0.0 else 0.0
         share = 1.0 - (self.limit - permits) / self._curr if self._curr else 0.0
-        return max(0.0, self._end - now) + max(0.0, share) * self.window
+        return wait + share * self.window if share > 0.0 else wait
