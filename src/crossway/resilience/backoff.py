@@ -49,9 +49,11 @@ class Backoff:
 
     def ceiling(self, n: int) -> float:
         """min(cap, base * multiplier**n): the longest wait before retry n."""
+        if self.base == 0:
+            return 0.0
         try:
             return min(self.cap, self.base * self.multiplier**n)
-        except OverflowError:
+        except OverflowError:  # multiplier**n beyond a float: far past any cap
             return self.cap
 
     def delay(
