@@ -79,7 +79,7 @@ def test_bin_edges() -> None:
 # -- count window ------------------------------------------------------------------
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.integers(min_value=1, max_value=12),
     st.lists(st.tuples(codes, durations), max_size=60),
@@ -137,7 +137,7 @@ def test_bad_arguments() -> None:
 # -- time window ---------------------------------------------------------------------
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.floats(min_value=0.5, max_value=20.0),
     st.integers(min_value=1, max_value=8),
