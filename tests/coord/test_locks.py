@@ -10,17 +10,15 @@ import pytest
 from crossway.coord import Busy, Coordination, NotHolder, SessionNotFound
 from crossway.store import Store
 
-TTL = 10.0
-
-
-async def session(coord: Coordination, label: str = "", ttl: float = TTL) -> str:
-    return (await coord.sessions.create(ttl=ttl, name=label)).id
+from .helpers import new_session, until, waiting
 
 
 async def test_acquire_release_and_fences_increase(coord: Coordination, name: str) -> None:
-    a, b = await session(coord, "a"), await session(coord, "b")
+    a, b = await new_session(coord, "a"), await new_session(coord, "b")
     first = await coord.locks.acquire(name, a, wait=0)
-    assert first.session == a and first.entry.owner == "a" and first.since == first.fence
+    assert first.session == a
+    assert first.entry.owner == "a"
+    assert first.since == first.fence
     again = await coord.locks.acquire(name, a, wait=0)
     assert again.fence == first.fence, "re-acquiring by the holder is idempotent"
     with pytest.raises(Busy) as busy:
@@ -28,7 +26,8 @@ async def test_acquire_release_and_fences_increase(coord: Coordination, name: st
     assert busy.value.details["holder"]["session"] == a
     assert busy.value.to_json()["error"]["code"] == "conflict"
     view = await coord.locks.describe(name)
-    assert [h.session for h in view.holders] == [a] and view.waiting == []
+    assert [h.session for h in view.holders] == [a]
+    assert view.waiting == []
     released = await coord.locks.release(name, a)
     assert released.fence == first.fence
     second = await coord.locks.acquire(name, b, wait=0)
@@ -39,12 +38,12 @@ async def test_acquire_release_and_fences_increase(coord: Coordination, name: st
 
 
 async def test_release_only_by_the_holder(coord: Coordination, name: str) -> None:
-    a, b = await session(coord), await session(coord)
+    a, b = await new_session(coord), await new_session(coord)
     await coord.locks.acquire(name, a, wait=0)
     with pytest.raises(NotHolder):
         await coord.locks.release(name, b)
     waiter = asyncio.create_task(coord.locks.acquire(name, b, wait=30))
-    await _until(lambda: _waiting(coord, name, 1))
+    await until(lambda: waiting(coord, "lock", name, 1))
     with pytest.raises(NotHolder, match="waits at position 1"):
         await coord.locks.release(name, b)
     await coord.locks.release(name, a)
@@ -54,7 +53,7 @@ async def test_release_only_by_the_holder(coord: Coordination, name: str) -> Non
 async def test_unknown_session_is_refused(coord: Coordination, name: str) -> None:
     with pytest.raises(SessionNotFound):
         await coord.locks.acquire(name, "abc123", wait=0)
-    a = await session(coord)
+    a = await new_session(coord)
     await coord.sessions.destroy(a)
     with pytest.raises(SessionNotFound):
         await coord.locks.acquire(name, a, wait=0)
@@ -63,18 +62,19 @@ async def test_unknown_session_is_refused(coord: Coordination, name: str) -> Non
 
 
 async def test_waiters_are_served_in_order(coord: Coordination, name: str) -> None:
-    holder = await session(coord)
+    holder = await new_session(coord)
     first = await coord.locks.acquire(name, holder, wait=0)
-    sessions = [await session(coord, f"w{i}") for i in range(5)]
+    sessions = [await new_session(coord, f"w{i}") for i in range(5)]
     order: list[str] = []
     tasks = []
     for i, s in enumerate(sessions):
         tasks.append(asyncio.create_task(_take_and_give(coord, name, s, order)))
-        await _until(lambda n=i + 1: _waiting(coord, name, n))
+        await until(lambda n=i + 1: waiting(coord, "lock", name, n))
     await coord.locks.release(name, holder)
     fences = await asyncio.gather(*tasks)
     assert order == sessions, "first come, first served"
-    assert fences == sorted(fences) and fences[0] > first.fence
+    assert fences == sorted(fences)
+    assert fences[0] > first.fence
     assert len(set(fences)) == len(fences)
 
 
@@ -86,23 +86,23 @@ async def _take_and_give(coord: Coordination, name: str, s: str, order: list[str
 
 
 async def test_timeout_gives_up_the_place(coord: Coordination, name: str) -> None:
-    a, b, c = await session(coord), await session(coord), await session(coord)
+    a, b, c = await new_session(coord), await new_session(coord), await new_session(coord)
     await coord.locks.acquire(name, a, wait=0)
     with pytest.raises(Busy):
         await coord.locks.acquire(name, b, wait=0.2)
     view = await coord.locks.describe(name)
     assert [w.session for w in view.waiting] == [], "a timed-out waiter leaves the line"
     waiter = asyncio.create_task(coord.locks.acquire(name, c, wait=30))
-    await _until(lambda: _waiting(coord, name, 1))
+    await until(lambda: waiting(coord, "lock", name, 1))
     await coord.locks.release(name, a)
     assert (await waiter).session == c
 
 
 async def test_cancelled_acquire_leaves_no_key(coord: Coordination, name: str) -> None:
-    a, b, c = await session(coord), await session(coord), await session(coord)
+    a, b, c = await new_session(coord), await new_session(coord), await new_session(coord)
     await coord.locks.acquire(name, a, wait=0)
     waiter = asyncio.create_task(coord.locks.acquire(name, b, wait=30))
-    await _until(lambda: _waiting(coord, name, 1))
+    await until(lambda: waiting(coord, "lock", name, 1))
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -120,14 +120,15 @@ async def test_cancelled_acquire_leaves_no_key(coord: Coordination, name: str) -
 async def test_destroying_a_session_releases_and_wakes_the_next(
     coord: Coordination, name: str
 ) -> None:
-    a, b = await session(coord), await session(coord)
+    a, b = await new_session(coord), await new_session(coord)
     held = await coord.locks.acquire(name, a, wait=0)
     waiter = asyncio.create_task(coord.locks.acquire(name, b, wait=30))
-    await _until(lambda: _waiting(coord, name, 1))
+    await until(lambda: waiting(coord, "lock", name, 1))
     released = await coord.sessions.destroy(a)
     assert released == [f"locks/{name}"]
     got = await asyncio.wait_for(waiter, 5)
-    assert got.session == b and got.fence > held.fence
+    assert got.session == b
+    assert got.fence > held.fence
     assert got.since > got.fence, "a waiter holds from the revision its predecessor left"
 
 
@@ -136,8 +137,8 @@ async def test_session_expiry_wakes_the_next_waiter_within_one_ttl(
 ) -> None:
     coord = Coordination(durable_store)
     ttl = 2.0
-    a = await session(coord, "doomed", ttl=ttl)
-    b = await session(coord, "next", ttl=30)
+    a = await new_session(coord, "doomed", ttl=ttl)
+    b = await new_session(coord, "next", ttl=30)
     await coord.locks.acquire(name, a, wait=0)
     await coord.sessions.renew(a)
     last_renewal = time.monotonic()
@@ -157,7 +158,7 @@ async def test_mutual_exclusion_under_contention(durable_store: Store, name: str
     remaining = [1000]
 
     async def contender(label: str) -> None:
-        s = await session(coord, label, ttl=60)
+        s = await new_session(coord, label, ttl=60)
         while remaining[0] > 0:
             held = await coord.locks.acquire(name, s, wait=60)
             remaining[0] -= 1
@@ -182,16 +183,3 @@ def check_lock_history(history: list[tuple[str, str, int]]) -> None:
         else:
             assert holder == (s, fence), f"{s} released what it did not hold"
             holder = None
-
-
-async def _waiting(coord: Coordination, name: str, count: int) -> bool:
-    return len((await coord.locks.describe(name)).waiting) == count
-
-
-async def _until(check: object, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")

@@ -5,9 +5,9 @@ Locks, semaphores and elections all go through `Contention.enter`:
 1. Join: one transaction creates `{prefix}{session}` bound to the session's
    lease, if the session exists and the key does not (so joining twice is
    harmless: the existing place is kept — re-entrant). A semaphore's join also
-   rewrites its limit key under a compare on that key's mod_revision: so the
-   limit is agreed by everyone in line, and a stale limit is replaced only when
-   nobody joined since the line was seen empty.
+   checks and rewrites its limit key (`_limit_guard`): so the limit is agreed
+   by everyone in line, and a stale limit is replaced only when nobody joined
+   since the line was seen empty.
 2. Wait: list the line; if the session holds, done; otherwise watch what
    `queue.standing` says (predecessor, or the holders for a semaphore's first
    waiter) from the listing's revision, and list again when it changes.
@@ -184,7 +184,7 @@ class Contention:
         key, session_key = line.key(sid), SESSIONS_PREFIX + sid
         entry = Entry(session=sid, owner=record.name, value=value)
         for _ in range(JOIN_ATTEMPTS):
-            guards, extra = await self._limit_guard(line, sid)
+            guards, extra = await self._limit_guard(line)
             try:
                 result = await self._store.txn(
                     [Compare.exists(session_key), Compare.absent(key), *guards],
@@ -201,11 +201,18 @@ class Contention:
                 raise SessionNotFound(sid)
             if existing is not None:
                 return _Joined(await self._proclaim(line, existing, value), fresh=False)
-            # Only the limit key moved under us: somebody joined; look again.
+            # Only the limit key moved under us (set or replaced meanwhile): look again.
         raise Unavailable(f"{line.kind} {line.name} is too contended to join; retry")
 
-    async def _limit_guard(self, line: Line, sid: str) -> tuple[list[Compare], list[Op]]:
-        """Compares and writes that keep a semaphore's limit agreed (see header)."""
+    async def _limit_guard(self, line: Line) -> tuple[list[Compare], list[Op]]:
+        """Compares and writes that keep a semaphore's limit agreed.
+
+        Every join rewrites the limit key, so its mod_revision moves whenever
+        anyone joins. A join with the agreed limit compares the key's *value*:
+        joiners never conflict with each other. Replacing a stale limit (only
+        when the line is seen empty) compares the key's *mod_revision* as read
+        before the listing: it fails if anybody joined since.
+        """
         if line.meta is None:
             return [], []
         put = Put(line.meta, encode(Limit(line.limit)))
@@ -213,14 +220,15 @@ class Contention:
         if current is None:
             return [Compare.absent(line.meta)], [put]
         agreed = decode_limit(current.value)
-        if agreed != line.limit:
-            snap = await self.snapshot(line)
-            if snap.line:
-                raise LimitMismatch(
-                    f"semaphore {line.name} has limit {agreed} while {len(snap.line)} "
-                    f"session(s) hold or wait for it; asked for limit {line.limit}",
-                    limit=agreed,
-                )
+        if agreed == line.limit:
+            return [Compare.value_is(line.meta, current.value)], [put]
+        snap = await self.snapshot(line)
+        if snap.line:
+            raise LimitMismatch(
+                f"semaphore {line.name} has limit {agreed} while {len(snap.line)} "
+                f"session(s) hold or wait for it; asked for limit {line.limit}",
+                limit=agreed,
+            )
         return [Compare.mod_revision_is(line.meta, current.mod_revision)], [put]
 
     async def _proclaim(self, line: Line, kv: KeyValue, value: str) -> Contender:
@@ -251,7 +259,8 @@ class Contention:
     ) -> tuple[Contender | None, Snapshot]:
         """Our place once it holds (None when `deadline`, in loop time, passes
         first) and the last listing."""
-        async with KeyWatch(self._store, line.prefix) as follower:
+        whole_line = line.limit > 1
+        async with KeyWatch(self._store, line.prefix, whole_line=whole_line) as follower:
             woke = 0
             while True:
                 snap = await self.snapshot(line)

@@ -27,14 +27,18 @@ class KeyWatch:
 
     The watch is opened on first use and kept while the waiter watches the same
     keys, so a waiter that re-lists and finds its predecessor unchanged keeps
-    its stream (on etcd, a new watch that starts in the past is only served by
-    the server's periodic catch-up, tens of milliseconds later). It is reopened
-    when the keys change. Close it with `aclose()` (or `async with`).
+    its stream: on etcd a new watch that starts in the past is only served by
+    the server's periodic catch-up, up to 100 ms later. It is reopened when the
+    keys change — unless `whole_line`, for waiters whose keys change often
+    (a semaphore's waiter moves from its predecessor to the holders): they
+    follow the whole line with one stream and pick their keys out of it.
+    Close it with `aclose()` (or `async with`).
     """
 
-    def __init__(self, store: Store, prefix: str) -> None:
+    def __init__(self, store: Store, prefix: str, *, whole_line: bool = False) -> None:
         self._store = store
         self._prefix = prefix
+        self._whole_line = whole_line
         self._keys: frozenset[str] = frozenset()
         self._watch: Watch | None = None
 
@@ -67,10 +71,11 @@ class KeyWatch:
             return after
 
     async def _follow(self, keys: frozenset[str], after: int) -> Watch:
-        if self._watch is not None and keys == self._keys:
+        if self._watch is not None and (keys == self._keys or self._whole_line):
             return self._watch
         await self.aclose()
-        watched = next(iter(keys)) if len(keys) == 1 else self._prefix
+        single = len(keys) == 1 and not self._whole_line
+        watched = next(iter(keys)) if single else self._prefix
         self._watch = self._store.watch(watched, after_revision=after)
         self._keys = keys
         return self._watch
