@@ -137,6 +137,12 @@ def server(
             envvar="CROSSWAY_SHUTDOWN_GRACE", help="Time in-flight requests get on shutdown."
         ),
     ] = "10s",
+    store_timeout: Annotated[
+        str,
+        typer.Option(
+            envvar="CROSSWAY_STORE_TIMEOUT", help="How long start-up waits for the store to answer."
+        ),
+    ] = "10s",
 ) -> None:
     """Run the control plane: HTTP API, health probes and metrics on one port."""
     command = "crossway server"
@@ -152,6 +158,7 @@ def server(
             log_level=log_level.value,
             log_format=log_format.value if log_format else default_log_format(),
             shutdown_grace=_duration("--shutdown-grace", shutdown_grace),
+            store_timeout=_duration("--store-timeout", store_timeout),
         )
         run_server(settings)
     except CrosswayError as exc:
@@ -191,3 +198,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -94,13 +94,19 @@ class ErrorBoundary:
         except ClientDisconnect:
             return  # nobody is left to answer
         except Exception as exc:
-            response = response_for(scope, exc)
             if started:
-                log.warning(
-                    "response abandoned after it started", extra={"path": scope.get("path")}
-                )
+                _log_abandoned(scope, exc)
                 return
-            await response(scope, receive, send)
+            await response_for(scope, exc)(scope, receive, send)
+
+
+def _log_abandoned(scope: Scope, exc: Exception) -> None:
+    log.error(
+        "response abandoned after it started: %s %s",
+        scope.get("method"),
+        scope.get("path"),
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
 
 
 def _code_for(status: int) -> str:

@@ -4,7 +4,8 @@
   `X-Crossway-Index`, the store revision the answer reflects (every read sets
   it, so a client can long-poll or watch from exactly there).
 - `read_json(request, Struct)`: the body decoded into a msgspec Struct, or a
-  400 that names the offending field (`$.port`), or 413 when too large.
+  400 that names the offending field (`$.port`), or 413 when too large
+  (`decode_json` is the same decoding for bytes already in hand).
 - `error_response(exc)`: any `CrosswayError` as `{"error": {"code", "message"}}`.
 - `context_of(request)`: the `ServerContext` the app was built with.
 
@@ -85,9 +86,15 @@ async def read_json(request: Request, kind: type[S], *, max_bytes: int | None = 
     server's `max_body_bytes`). If the client goes away mid-body, Starlette's
     `ClientDisconnect` propagates and nothing is decoded.
     """
-    decoder = _decoder_for(kind)
+    _decoder_for(kind)  # a wrong `kind` fails before the body is read
     limit = max_bytes if max_bytes is not None else _max_body(request)
-    body = await _read_body(request, limit)
+    return decode_json(await _read_body(request, limit), kind)
+
+
+def decode_json(body: bytes, kind: type[S]) -> S:
+    """`body` decoded into `kind` (pure; what `read_json` does once it has the
+    bytes). Raises `MalformedJSON` or `InvalidArgument` as `read_json` does."""
+    decoder = _decoder_for(kind)
     if not body.strip():
         raise MalformedJSON("the request body is empty; expected a JSON object")
     try:

@@ -110,7 +110,9 @@ async def open_server_store(settings: ServerSettings, *, clock: Clock | None = N
     except TimeoutError:
         raise StartupError(f"{what}: no answer within {settings.store_timeout:g}s") from None
     except CrosswayError as exc:
-        raise StartupError(f"{what}: {exc.message}") from None
+        # The etcd backend's own messages already start "cannot reach etcd …".
+        message = exc.message if exc.message.startswith("cannot") else f"{what}: {exc.message}"
+        raise StartupError(message) from None
     except Exception as exc:
         log.debug("store open failed", exc_info=True)
         raise StartupError(f"{what}: {_reason(exc)}") from None
