@@ -287,11 +287,9 @@ class GradientController:
         self.max_limit, self.min_concurrency = max_limit, min_concurrency
         self.update_interval = seconds(update_interval)
         self.min_rtt_interval = seconds(min_rtt_interval)
-        self.percentile, self.min_rtt_requests, self.max_samples = (
-            percentile,
-            min_rtt_requests,
-            max_samples,
-        )
+        self.percentile = percentile
+        self.min_rtt_requests = min_rtt_requests
+        self.max_samples = max_samples
         self.jitter, self.buffer = jitter, buffer
         self._rng = rng or random.Random()
         self._limit = float(min_concurrency)
