@@ -93,6 +93,7 @@ __all__ = [
     "TokenBucket",
     "Vegas",
     "WarmUp",
+    "WindowType",
     "Windowed",
     "attempt_timeout",
     "current_deadline",
