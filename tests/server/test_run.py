@@ -6,13 +6,16 @@ import socket
 from pathlib import Path
 
 import pytest
+from starlette.routing import BaseRoute
 
+from crossway.server.context import ServerContext
 from crossway.server.run import (
     StartupError,
     bind_socket,
     open_context,
     open_server_store,
     prepare_data_dir,
+    serve,
 )
 from crossway.server.settings import ServerSettings
 from crossway.testing.services import free_port
@@ -79,3 +82,24 @@ async def test_open_context_over_sqlite(tmp_path: Path) -> None:
         assert "process_cpu_seconds" in names  # the process metrics live in its registry
     finally:
         await ctx.close()
+
+
+async def test_start_hooks_of_route_providers_run_before_serving(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def provider(ctx: ServerContext) -> list[BaseRoute]:
+        async def start() -> None:
+            calls.append("start")
+            raise RuntimeError("the feed cannot start")
+
+        async def close() -> None:
+            calls.append("close")
+
+        ctx.on_start(start)
+        ctx.on_close(close)
+        return []
+
+    settings = ServerSettings(store="memory", port=0)
+    with pytest.raises(StartupError, match="a service failed to start: the feed cannot start"):
+        await serve(settings, extra=[provider])
+    assert calls == ["start", "close"]

@@ -80,16 +80,25 @@ async def serve(
         ctx = await open_context(settings, clock=clock)
         stopper.ctx = ctx
         try:
-            await ctx.start()
+            app = create_app(ctx, extra=extra)  # route providers register their start hooks
+            await _start_services(ctx)
             if stopper.requested:
                 return
-            server = _Server(_uvicorn_config(create_app(ctx, extra=extra), settings))
+            server = _Server(_uvicorn_config(app, settings))
             stopper.server = server
             _log_listening(sock, settings, ctx)
             await server.serve(sockets=[sock])
         finally:
             await ctx.close()
             log.info("crossway server stopped")
+
+
+async def _start_services(ctx: ServerContext) -> None:
+    try:
+        await ctx.start()
+    except Exception as exc:
+        log.debug("a start hook failed", exc_info=True)
+        raise StartupError(f"a service failed to start: {_reason(exc)}") from exc
 
 
 async def open_context(settings: ServerSettings, *, clock: Clock | None = None) -> ServerContext:
