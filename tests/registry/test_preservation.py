@@ -12,7 +12,8 @@ def fleet(n: int, lapsing: int, ttl: float = 10.0) -> list[LeaseView]:
 def test_a_single_dead_instance_is_removed_normally() -> None:
     guard = SelfPreservation()
     decision = guard.evaluate(fleet(100, 1), now=0)
-    assert not decision.engaged and decision.renew == []
+    assert not decision.engaged
+    assert decision.renew == []
 
 
 def test_a_small_fleet_never_engages() -> None:
@@ -36,7 +37,8 @@ def test_recovered_leases_are_released_and_protection_disengages() -> None:
     views += [LeaseView(i, 10, 9.0) for i in range(15, 20)]
     decision = guard.evaluate(views, now=2)
     assert not decision.engaged, "renewals recovered"
-    assert decision.stale == set() and guard.held == {}
+    assert decision.stale == set()
+    assert guard.held == {}
 
 
 def test_an_operator_can_lift_protection_until_the_condition_clears() -> None:

@@ -45,7 +45,8 @@ async def test_register_discover_and_expire(
     registry: Registry, store: LocalStore, clock: VirtualClock
 ) -> None:
     instance = await registry.register("orders", "o-1", reg(ttl="10s", zone="eu-1", tags=["v2"]))
-    assert instance.lease is not None and instance.status == "passing"
+    assert instance.lease is not None
+    assert instance.status == "passing"
     found = registry.discover("orders", healthy=True)
     assert [i.id for i in found.instances] == ["o-1"]
     assert registry.discover("orders", zone="us-1").instances == []
@@ -149,7 +150,8 @@ async def test_protect_threshold_returns_everything_when_too_few_are_healthy(
     assert [i.id for i in registry.discover("orders", healthy=True).instances] == ["o-3"]
     registry.protect_thresholds["orders"] = 0.5
     protected = registry.discover("orders", healthy=True)
-    assert protected.protected and len(protected.instances) == 4
+    assert protected.protected
+    assert len(protected.instances) == 4
 
 
 async def test_self_preservation_keeps_instances_through_a_mass_lapse(

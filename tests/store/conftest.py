@@ -49,9 +49,7 @@ async def _open(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> St
 
 
 @pytest.fixture(params=BACKENDS)
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     s = await _open(request.param, tmp_path, request)
     try:
         yield s

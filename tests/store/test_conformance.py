@@ -42,7 +42,8 @@ async def test_put_get_and_revisions(store: Store, ns: str) -> None:
     assert first.prev is None
     second = await store.put(ns + "a", b"2")
     assert second.revision == start + 2
-    assert second.prev is not None and second.prev.value == b"1"
+    assert second.prev is not None
+    assert second.prev.value == b"1"
     kv = await store.get(ns + "a")
     assert kv is not None
     assert (kv.value, kv.version) == (b"2", 2)
@@ -96,7 +97,9 @@ async def test_delete_and_delete_prefix(store: Store, ns: str) -> None:
     assert [kv.key for kv in (await store.range(ns)).kvs] == [ns + "y"]
     recreated = await store.put(ns + "x/1", b"new")
     kv = await store.get(ns + "x/1")
-    assert kv is not None and kv.version == 1 and kv.create_revision == recreated.revision
+    assert kv is not None
+    assert kv.version == 1
+    assert kv.create_revision == recreated.revision
 
 
 async def test_txn_then_and_else(store: Store, ns: str) -> None:
@@ -110,7 +113,8 @@ async def test_txn_then_and_else(store: Store, ns: str) -> None:
     assert result.succeeded
     assert result.revision == start + 1, "a multi-key transaction is one revision"
     got = result.results[2]
-    assert isinstance(got, GetResult) and got.kvs[0].value == b"on"
+    assert isinstance(got, GetResult)
+    assert got.kvs[0].value == b"on"
     result = await store.txn(
         [Compare.value_is(ns + "flag", b"off")],
         [Put(ns + "never", b"1")],
@@ -135,14 +139,17 @@ async def test_concurrent_cas_increments_are_exact(store: Store, ns: str) -> Non
             kv = await store.get(key)
             assert kv is not None
             try:
-                await store.put(key, str(int(kv.value) + 1).encode(), if_mod_revision=kv.mod_revision)
+                await store.put(
+                    key, str(int(kv.value) + 1).encode(), if_mod_revision=kv.mod_revision
+                )
             except CompareFailed:
                 continue
             done += 1
 
     await asyncio.gather(*(increment() for _ in range(workers)))
     kv = await store.get(key)
-    assert kv is not None and int(kv.value) == workers * per_worker
+    assert kv is not None
+    assert int(kv.value) == workers * per_worker
 
 
 async def test_watch_sees_every_event_in_order(store: Store, ns: str) -> None:
@@ -159,8 +166,10 @@ async def test_watch_sees_every_event_in_order(store: Store, ns: str) -> None:
     await watch.aclose()
     assert len(events) == total
     revisions = [e.kv.mod_revision for e in events]
-    assert revisions == sorted(revisions) and len(set(revisions)) == total
-    assert revisions[0] == start + 1 and revisions[-1] == start + total
+    assert revisions == sorted(revisions)
+    assert len(set(revisions)) == total
+    assert revisions[0] == start + 1
+    assert revisions[-1] == start + total
     assert sorted(int(e.kv.value) for e in events) == list(range(total))
 
 

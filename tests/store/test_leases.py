@@ -25,8 +25,10 @@ def test_keys_move_between_leases() -> None:
     table.attach("/a", 1)
     table.attach("/a", 2)
     state1, state2 = table.get(1), table.get(2)
-    assert state1 is not None and state2 is not None
-    assert state1.keys == set() and state2.keys == {"/a"}
+    assert state1 is not None
+    assert state2 is not None
+    assert state1.keys == set()
+    assert state2.keys == {"/a"}
     table.remove(2)
     table.attach("/a", 1)
     assert state1.keys == {"/a"}

@@ -35,7 +35,8 @@ async def test_state_history_and_revision_survive_a_restart(tmp_path: Path) -> N
     watch = store.watch("/k/", after_revision=2)  # history read back from disk
     events = [await watch.__anext__() for _ in range(4)]
     assert [e.kv.value for e in events[:3]] == [b"2", b"3", b"4"]
-    assert events[3].type is EventType.DELETE and events[3].kv.key == "/k/0"
+    assert events[3].type is EventType.DELETE
+    assert events[3].kv.key == "/k/0"
     await watch.aclose()
     assert (await store.put("/k/9", b"9")).revision == revision + 1
     await store.close()
@@ -151,7 +152,8 @@ async def test_a_failed_write_is_rolled_back_and_reported(tmp_path: Path) -> Non
     assert all(isinstance(r, StoreUnavailable) for r in results), results
     persister.full = False
     kv = await store.get("/k")
-    assert kv is not None and kv.value == b"kept"
+    assert kv is not None
+    assert kv.value == b"kept"
     assert await store.get("/other") is None
     assert await store.revision() == before
     after = await store.put("/k", b"next")

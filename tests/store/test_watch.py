@@ -66,7 +66,8 @@ def test_event_log_bounds_memory_and_answers_ranges() -> None:
     for rev in range(1, 5001):
         log.append([Event(EventType.PUT, KeyValue(f"/k{rev % 3}", b"", rev, rev, 1))])
     assert log.oldest_revision() == 4901
-    assert log.covers(4900, 5000) and not log.covers(4899, 5000)
+    assert log.covers(4900, 5000)
+    assert not log.covers(4899, 5000)
     events = log.between("/k1", 4950, 4960)
     assert [e.kv.mod_revision for e in events] == [r for r in range(4951, 4961) if r % 3 == 1]
 

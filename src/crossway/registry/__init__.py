@@ -5,4 +5,12 @@ from crossway.registry.catalog import Catalog
 from crossway.registry.model import Check, Instance, Registration
 from crossway.registry.registry import Discovery, Registry, ServiceSummary
 
-__all__ = ["Catalog", "Check", "Discovery", "Instance", "Registration", "Registry", "ServiceSummary"]
+__all__ = [
+    "Catalog",
+    "Check",
+    "Discovery",
+    "Instance",
+    "Registration",
+    "Registry",
+    "ServiceSummary",
+]

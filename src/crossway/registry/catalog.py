@@ -137,7 +137,9 @@ class Catalog:
             pass
         self._notify(service, instance_id, old, None)
 
-    def _notify(self, service: str, instance_id: str, old: Instance | None, new: Instance | None) -> None:
+    def _notify(
+        self, service: str, instance_id: str, old: Instance | None, new: Instance | None
+    ) -> None:
         for listener in self._listeners:
             try:
                 listener(service, instance_id, old, new)

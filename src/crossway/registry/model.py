@@ -104,7 +104,9 @@ def lease_from_text(text: str, *, field: str = "lease") -> int:
     try:
         lease = int(text, 16)
     except ValueError:
-        raise InvalidArgument(f"{field} must be a lease id in hex, got {text!r}", field=field) from None
+        raise InvalidArgument(
+            f"{field} must be a lease id in hex, got {text!r}", field=field
+        ) from None
     if lease <= 0 or lease >= 2**63:
         raise InvalidArgument(f"{field} is out of range", field=field)
     return lease
@@ -163,7 +165,9 @@ def validate(reg: Registration) -> None:
             raise InvalidArgument(f"tag {tag!r} is not valid (no spaces or commas)", field="tags")
     for name, value in reg.metadata.items():
         if not name or len(name) > 128 or len(value) > 1024:
-            raise InvalidArgument("metadata keys are 1-128 chars, values up to 1024", field="metadata")
+            raise InvalidArgument(
+                "metadata keys are 1-128 chars, values up to 1024", field="metadata"
+            )
     if reg.ttl is not None:
         check_duration(reg.ttl, "ttl", low=MIN_TTL, high=MAX_TTL)
     if reg.lease is not None:

@@ -69,10 +69,9 @@ class SelfPreservation:
     def evaluate(self, leases: list[LeaseView], now: float) -> Decision:
         self._forget_recovered(leases, now)
         lapsing = [v for v in leases if self._lapsing(v) or v.id in self.held]
-        condition = (
-            len(lapsing) >= self.settings.min_leases
-            and len(lapsing) > self.settings.share * len(leases)
-        )
+        condition = len(lapsing) >= self.settings.min_leases and len(
+            lapsing
+        ) > self.settings.share * len(leases)
         if not condition:
             self.lifted = False
         self.engaged = condition and not self.lifted

@@ -86,7 +86,9 @@ class Registry:
             return instance
         raise InvalidArgument(f"instance {service}/{instance_id} is changing too fast; retry")
 
-    async def _lease_for(self, reg: Registration, existing: Instance | None) -> tuple[int, str | None]:
+    async def _lease_for(
+        self, reg: Registration, existing: Instance | None
+    ) -> tuple[int, str | None]:
         if reg.lease is not None:
             lease = lease_from_text(reg.lease)
             try:

@@ -138,7 +138,9 @@ class KeySpace:
         if prev is None:
             kv = KeyValue(op.key, op.value, revision, revision, 1, op.lease)
         else:
-            kv = KeyValue(op.key, op.value, prev.create_revision, revision, prev.version + 1, op.lease)
+            kv = KeyValue(
+                op.key, op.value, prev.create_revision, revision, prev.version + 1, op.lease
+            )
         undo.previous.append((op.key, prev))
         self._kvs[op.key] = kv
         events.append(Event(EventType.PUT, kv, prev))

@@ -192,7 +192,9 @@ class LocalStore:
         return put
 
     async def delete(self, key: str, *, if_mod_revision: int | None = None) -> DeleteResult:
-        compares = [] if if_mod_revision is None else [Compare.mod_revision_is(key, if_mod_revision)]
+        compares = (
+            [] if if_mod_revision is None else [Compare.mod_revision_is(key, if_mod_revision)]
+        )
         result = await self.txn(compares, [Delete(key)])
         if not result.succeeded:
             raise CompareFailed(key, await self.get(key))
@@ -326,9 +328,7 @@ class LocalStore:
             if delay > 0:
                 self._lease_wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._lease_wakeup.wait(), min(delay, MAX_LEASE_SLEEP)
-                    )
+                    await asyncio.wait_for(self._lease_wakeup.wait(), min(delay, MAX_LEASE_SLEEP))
                 continue
             try:
                 await self.expire_leases()
@@ -403,7 +403,8 @@ class LocalStore:
             pending.done.set_result(None)
 
     async def _flush(self) -> None:
-        assert self._persister is not None and self._executor is not None
+        assert self._persister is not None
+        assert self._executor is not None
         loop = asyncio.get_running_loop()
         while self._queue:
             batch, self._queue = self._queue, []
@@ -440,7 +441,8 @@ class LocalStore:
                 pending.done.set_exception(error)
 
     async def _events_from_disk(self, prefix: str, after: int, upto: int) -> list[Event]:
-        assert self._persister is not None and self._executor is not None
+        assert self._persister is not None
+        assert self._executor is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor, self._persister.events_between, prefix, after, upto

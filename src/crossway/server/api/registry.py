@@ -10,29 +10,38 @@
 
 Reads are served from the catalog (memory), answer `X-Crossway-Index`, and
 accept `?index=N&wait=30s` (Consul-style): a service query blocks until that
-service changes after N, the service list until any service does.
+service changes after N, the service list until any service does. The changes
+themselves stream from `GET /v1/watch?prefix=/services/…` (see watch.py).
+
+`routes(ctx)` builds the registry's moving parts once per process — the
+catalog, the self-preservation guard and the active health checker — starts
+them with the server and stops them before the store closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
-from crossway.registry import Instance, Registration, Registry
+from crossway.health import HealthChecker
+from crossway.registry import Catalog, Instance, Registration, Registry
 from crossway.registry.guard import PreservationGuard
 from crossway.registry.model import SETTINGS_PREFIX, check_name
+from crossway.server.blocking import BlockingParams, first_of, jittered_wait
+from crossway.server.context import ServerContext
+from crossway.server.http import json_response, read_json
 from crossway.store import Store
 
-INDEX_HEADER = "X-Crossway-Index"
-DEFAULT_WAIT = 30.0
-MAX_WAIT = 600.0
 _encoder = msgspec.json.Encoder()
 
 
@@ -40,26 +49,52 @@ class ServiceSettings(msgspec.Struct, forbid_unknown_fields=True):
     protect_threshold: float = 0.0
 
 
+def routes(ctx: ServerContext) -> list[BaseRoute]:
+    catalog = Catalog(ctx.store)
+    registry = Registry(ctx.store, catalog, clock=ctx.clock)
+    guard = PreservationGuard(ctx.store, catalog, clock=ctx.clock)
+    checker = HealthChecker(registry, catalog, clock=ctx.clock)
+    api = RegistryApi(ctx.store, registry, guard, ctx.stopping)
+    ctx.provide(registry)
+    ctx.provide(catalog)
+    ctx.registry.register(RegistryMetrics(catalog, guard, checker))
+
+    async def start() -> None:
+        await catalog.start()
+        await api.load_settings()
+        guard.start()
+        await checker.start()
+
+    async def stop() -> None:
+        await checker.stop()
+        await guard.stop()
+        await catalog.stop()
+
+    ctx.on_start(start)
+    ctx.on_close(stop)
+    return api.routes()
+
+
 class RegistryApi:
-    def __init__(self, store: Store, registry: Registry, guard: PreservationGuard) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        guard: PreservationGuard,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.guard = guard
+        self.stopping = stopping or asyncio.Event()
 
     def routes(self) -> list[BaseRoute]:
+        instance = "/v1/services/{service}/instances/{id}"
         return [
             Route("/v1/services", self.list_services, methods=["GET"]),
             Route("/v1/services/{service}", self.get_service, methods=["GET"]),
-            Route(
-                "/v1/services/{service}/instances/{id}",
-                self.register,
-                methods=["PUT"],
-            ),
-            Route(
-                "/v1/services/{service}/instances/{id}",
-                self.deregister,
-                methods=["DELETE"],
-            ),
+            Route(instance, self.register, methods=["PUT"]),
+            Route(instance, self.deregister, methods=["DELETE"]),
             Route("/v1/services/{service}/settings", self.get_settings, methods=["GET"]),
             Route("/v1/services/{service}/settings", self.put_settings, methods=["PUT"]),
             Route("/v1/leases/{lease}/keepalive", self.keepalive, methods=["PUT"]),
@@ -70,39 +105,39 @@ class RegistryApi:
     async def load_settings(self) -> None:
         listing = await self.store.range(SETTINGS_PREFIX)
         for kv in listing.kvs:
-            settings = msgspec.json.decode(kv.value, type=ServiceSettings)
-            self.registry.protect_thresholds[kv.key[len(SETTINGS_PREFIX) :]] = (
-                settings.protect_threshold
-            )
+            try:
+                settings = msgspec.json.decode(kv.value, type=ServiceSettings)
+            except msgspec.DecodeError:
+                continue
+            service = kv.key[len(SETTINGS_PREFIX) :]
+            self.registry.protect_thresholds[service] = settings.protect_threshold
 
     async def register(self, request: Request) -> Response:
-        body = await _decode(request, Registration)
-        instance = await self.registry.register(
-            request.path_params["service"], request.path_params["id"], body
-        )
-        return _json(instance, self.registry.catalog.revision)
+        body = await read_json(request, Registration)
+        params = request.path_params
+        instance = await self.registry.register(params["service"], params["id"], body)
+        return json_response(instance, index=self.registry.catalog.revision)
 
     async def deregister(self, request: Request) -> Response:
-        instance = await self.registry.deregister(
-            request.path_params["service"], request.path_params["id"]
-        )
-        return _json(instance, self.registry.catalog.revision)
+        params = request.path_params
+        instance = await self.registry.deregister(params["service"], params["id"])
+        return json_response(instance, index=self.registry.catalog.revision)
 
     async def keepalive(self, request: Request) -> Response:
         lease = request.path_params["lease"]
         ttl = await self.registry.keepalive(lease)
-        return _json({"lease": lease, "ttl": f"{ttl:g}s"}, self.registry.catalog.revision)
+        return json_response({"lease": lease, "ttl": f"{ttl:g}s"}, index=self._index())
 
     async def list_services(self, request: Request) -> Response:
         catalog = self.registry.catalog
-        await _block(request, lambda: catalog.modified, catalog)
+        await self._block(request, lambda: catalog.modified)
         services, index = self.registry.services()
-        return _json(services, index)
+        return json_response(services, index=index)
 
     async def get_service(self, request: Request) -> Response:
         service = check_name(request.path_params["service"], "service")
         catalog = self.registry.catalog
-        await _block(request, lambda: catalog.service_index(service), catalog)
+        await self._block(request, lambda: catalog.service_index(service))
         query = request.query_params
         found = self.registry.discover(
             service,
@@ -111,10 +146,8 @@ class RegistryApi:
             tag=query.get("tag") or None,
         )
         instances = [self._mark_stale(i) for i in found.instances]
-        response = _json(instances, found.index)
-        if found.protected:
-            response.headers["X-Crossway-Protected"] = "true"
-        return response
+        headers = {"X-Crossway-Protected": "true"} if found.protected else None
+        return json_response(instances, index=found.index, headers=headers)
 
     def _mark_stale(self, instance: Instance) -> Instance:
         if self.guard.is_stale(instance.lease):
@@ -124,98 +157,112 @@ class RegistryApi:
     async def get_settings(self, request: Request) -> Response:
         service = check_name(request.path_params["service"], "service")
         threshold = self.registry.protect_thresholds.get(service, 0.0)
-        return _json(ServiceSettings(threshold), self.registry.catalog.revision)
+        return json_response(ServiceSettings(threshold), index=self._index())
 
     async def put_settings(self, request: Request) -> Response:
         service = check_name(request.path_params["service"], "service")
-        settings = await _decode(request, ServiceSettings)
+        settings = await read_json(request, ServiceSettings)
         if not 0.0 <= settings.protect_threshold <= 1.0:
             raise InvalidArgument(
                 "protect_threshold must be between 0 and 1", field="protect_threshold"
             )
         put = await self.store.put(SETTINGS_PREFIX + service, _encoder.encode(settings))
         self.registry.protect_thresholds[service] = settings.protect_threshold
-        return _json(settings, put.revision)
+        return json_response(settings, index=put.revision)
 
     async def preservation(self, request: Request) -> Response:
-        return _json(self._preservation_state(), self.registry.catalog.revision)
+        return json_response(self._preservation_state(), index=self._index())
 
     async def lift(self, request: Request) -> Response:
         self.guard.lift()
-        return _json(self._preservation_state(), self.registry.catalog.revision)
+        return json_response(self._preservation_state(), index=self._index())
 
     def _preservation_state(self) -> dict[str, Any]:
         last = self.guard.last
+        settings = self.guard.policy.settings
         return {
             "engaged": last.engaged,
             "lifted": self.guard.policy.lifted,
             "lapsing": last.lapsing,
             "leases": last.total,
             "stale": len(last.stale),
-            "share": self.guard.policy.settings.share,
-            "min_leases": self.guard.policy.settings.min_leases,
+            "share": settings.share,
+            "min_leases": settings.min_leases,
         }
 
+    def _index(self) -> int:
+        return self.registry.catalog.revision
 
-async def _decode(request: Request, kind: type[Any]) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        raise InvalidArgument("the request body is empty; send a JSON object")
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidArgument(str(exc), field=_field_of(str(exc))) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidArgument(f"malformed JSON: {exc}") from None
-
-
-def _field_of(message: str) -> str | None:
-    # msgspec says e.g. "Expected `int`, got `str` - at `$.port`" or
-    # "Object contains unknown field `colour`"; name the field in both cases.
-    if "- at `$." in message:
-        return message.rsplit("- at `$.", 1)[1].rstrip("`").split("[", 1)[0]
-    if "unknown field `" in message:
-        return message.split("unknown field `", 1)[1].split("`", 1)[0]
-    if "missing required field `" in message:
-        return message.split("missing required field `", 1)[1].split("`", 1)[0]
-    return None
+    async def _block(self, request: Request, index_of: Callable[[], int]) -> None:
+        params = BlockingParams.parse(request.query_params)
+        if params.index is None or params.wait <= 0 or self.stopping.is_set():
+            return
+        if params.index > self.registry.catalog.revision:
+            return  # not an index of this store: answer so the client resyncs
+        wait = jittered_wait(params.wait, random.random())
+        change = self.registry.catalog.wait_change(index_of, params.index, wait)
+        await first_of([change, self.stopping.wait()], seconds=wait)
 
 
 def _flag(value: str | None, name: str) -> bool:
-    if value is None or value == "":
-        return value == ""
+    """`?healthy`, `?healthy=true|1|yes` → True; absent or false|0|no → False."""
+    if value is None:
+        return False
     lowered = value.lower()
-    if lowered in ("1", "true", "yes"):
+    if lowered in ("", "1", "true", "yes"):
         return True
     if lowered in ("0", "false", "no"):
         return False
     raise InvalidArgument(f"{name} must be true or false", field=name)
 
 
-async def _block(request: Request, index_of: Any, catalog: Any) -> None:
-    query = request.query_params
-    if "index" not in query:
-        return
-    try:
-        index = int(query["index"])
-    except ValueError:
-        raise InvalidArgument("index must be an integer revision", field="index") from None
-    wait = DEFAULT_WAIT
-    if "wait" in query:
-        try:
-            wait = parse_duration(query["wait"])
-        except ValueError as exc:
-            raise InvalidArgument(f"wait: {exc}", field="wait") from None
-    wait = min(wait, MAX_WAIT)
-    # Consul adds up to wait/16 so that many clients do not all return at once.
-    wait += random.uniform(0, wait / 16)
-    await catalog.wait_change(index_of, index, wait)
+class RegistryMetrics(Collector):
+    """Registry and health gauges, read at scrape time (nothing to keep in sync)."""
 
+    def __init__(self, catalog: Catalog, guard: PreservationGuard, checker: HealthChecker) -> None:
+        self._catalog = catalog
+        self._guard = guard
+        self._checker = checker
 
-def _json(body: Any, index: int, status: int = 200) -> Response:
-    return Response(
-        _encoder.encode(body),
-        status_code=status,
-        media_type="application/json",
-        headers={INDEX_HEADER: str(index)},
-    )
+    def collect(self) -> Any:
+        instances = GaugeMetricFamily(
+            "crossway_registry_instances", "Registered instances by status", labels=["status"]
+        )
+        counts = {"passing": 0, "warning": 0, "critical": 0}
+        for entry in self._catalog.services.values():
+            for instance in entry.instances.values():
+                counts[instance.status] = counts.get(instance.status, 0) + 1
+        for status, count in counts.items():
+            instances.add_metric([status], count)
+        yield instances
+        yield GaugeMetricFamily(
+            "crossway_registry_services",
+            "Services with at least one instance",
+            value=sum(1 for e in self._catalog.services.values() if e.instances),
+        )
+        last = self._guard.last
+        yield GaugeMetricFamily(
+            "crossway_registry_self_preservation_engaged",
+            "1 while lease expiry is paused because too many leases lapse at once",
+            value=1 if last.engaged else 0,
+        )
+        yield GaugeMetricFamily(
+            "crossway_registry_stale_instances",
+            "Leases kept alive by self-preservation",
+            value=len(last.stale),
+        )
+        stats = self._checker.stats
+        checks = CounterMetricFamily(
+            "crossway_health_checks", "Active health probes run", labels=["result"]
+        )
+        checks.add_metric(["ok"], stats.checks - stats.failures)
+        checks.add_metric(["failed"], stats.failures)
+        yield checks
+        yield CounterMetricFamily(
+            "crossway_health_transitions", "Health status changes", value=stats.transitions
+        )
+        yield CounterMetricFamily(
+            "crossway_health_deregistrations",
+            "Instances removed after staying critical",
+            value=stats.deregistrations,
+        )
