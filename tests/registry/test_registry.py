@@ -122,7 +122,7 @@ async def test_bad_registrations_name_the_field_and_write_nothing(
     before = await store.revision()
     with pytest.raises(InvalidArgument) as error:
         await registry.register("orders", "o-1", reg(**fields))
-    assert error.value.details.get("field") == field
+    assert error.value.details.get("field") == f"$.{field}"
     assert await store.revision() == before
 
 
@@ -136,7 +136,7 @@ async def test_bad_names_are_refused(registry: Registry) -> None:
 async def test_unknown_shared_lease_is_a_field_error(registry: Registry) -> None:
     with pytest.raises(InvalidArgument) as error:
         await registry.register("orders", "o-1", reg(lease="abcdef"))
-    assert error.value.details["field"] == "lease"
+    assert error.value.details["field"] == "$.lease"
 
 
 async def test_protect_threshold_returns_everything_when_too_few_are_healthy(

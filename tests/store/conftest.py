@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +17,11 @@ import pytest
 from crossway.store import Store
 from crossway.store.memory import open_memory_store
 from crossway.store.sqlite import open_sqlite_store
-from crossway.testing.etcd import EtcdProcess, etcd_binary, start_etcd
+from crossway.testing.etcd import EtcdProcess
 from crossway.testing.services import require
 
 BACKENDS = ["memory", "sqlite", "etcd"]
 _counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def etcd_server() -> Iterator[EtcdProcess]:
-    require(etcd_binary() is not None, "etcd is not installed (run scripts/ensure-etcd)")
-    etcd = start_etcd()
-    yield etcd
-    etcd.stop()
 
 
 async def _open(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:

@@ -28,6 +28,8 @@ from typing import Annotated, NoReturn
 import typer
 
 from crossway import __version__
+from crossway.cli import config as config_cli
+from crossway.cli import registry as registry_cli
 from crossway.cli._common import EXIT_INTERRUPTED, fail, fail_unexpected, usage_error
 from crossway.core.durations import parse_duration
 from crossway.core.errors import CrosswayError, InvalidArgument
@@ -180,7 +182,7 @@ def _duration(flag: str, text: str) -> float:
 
 Register = Callable[[typer.Typer], None]
 
-COMMANDS: tuple[Register, ...] = ()
+COMMANDS: tuple[Register, ...] = (registry_cli.register, config_cli.register)
 """Sub-command modules' `register` functions (see the module header)."""
 
 for _register in COMMANDS:

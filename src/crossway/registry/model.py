@@ -57,7 +57,7 @@ class Registration(msgspec.Struct, forbid_unknown_fields=True):
     check: Check | None = None
 
 
-class Instance(msgspec.Struct, omit_defaults=True):
+class Instance(msgspec.Struct):
     """What the registry stores and answers for one instance."""
 
     service: str
@@ -105,17 +105,21 @@ def lease_from_text(text: str, *, field: str = "lease") -> int:
         lease = int(text, 16)
     except ValueError:
         raise InvalidArgument(
-            f"{field} must be a lease id in hex, got {text!r}", field=field
+            f"{_label(field)} must be a lease id in hex, got {text!r}", field=field
         ) from None
     if lease <= 0 or lease >= 2**63:
-        raise InvalidArgument(f"{field} is out of range", field=field)
+        raise InvalidArgument(f"{_label(field)} is out of range", field=field)
     return lease
+
+
+def _label(field: str) -> str:
+    return field.removeprefix("$.")
 
 
 def check_name(value: str, field: str) -> str:
     if not NAME.match(value):
         raise InvalidArgument(
-            f"{field} {value!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
+            f"{_label(field)} {value!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit",
             field=field,
         )
@@ -128,7 +132,7 @@ def check_address(value: str) -> str:
     except ValueError:
         if not HOSTNAME.match(value):
             raise InvalidArgument(
-                f"address {value!r} is neither an IP address nor a host name", field="address"
+                f"address {value!r} is neither an IP address nor a host name", field="$.address"
             ) from None
     return value
 
@@ -137,16 +141,18 @@ def check_duration(value: str, field: str, *, low: float, high: float) -> float:
     try:
         seconds = parse_duration(value)
     except ValueError as exc:
-        raise InvalidArgument(f"{field}: {exc}", field=field) from None
+        raise InvalidArgument(f"{_label(field)}: {exc}", field=field) from None
     if not low <= seconds <= high:
-        raise InvalidArgument(f"{field} must be between {low:g}s and {high:g}s", field=field)
+        raise InvalidArgument(
+            f"{_label(field)} must be between {low:g}s and {high:g}s", field=field
+        )
     return seconds
 
 
 def host_port(value: str, field: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(f"{field} must be host:port, got {value!r}", field=field)
+        raise InvalidArgument(f"{_label(field)} must be host:port, got {value!r}", field=field)
     check_address(host.strip("[]"))
     return value
 
@@ -155,25 +161,25 @@ def validate(reg: Registration) -> None:
     """Raise InvalidArgument naming the first bad field."""
     check_address(reg.address)
     if not 0 < reg.port < 65536:
-        raise InvalidArgument("port must be between 1 and 65535", field="port")
+        raise InvalidArgument("port must be between 1 and 65535", field="$.port")
     if reg.zone is not None:
-        check_name(reg.zone, "zone")
+        check_name(reg.zone, "$.zone")
     if not 0 <= reg.weight <= 10_000:
-        raise InvalidArgument("weight must be between 0 and 10000", field="weight")
+        raise InvalidArgument("weight must be between 0 and 10000", field="$.weight")
     for tag in reg.tags:
         if not TAG.match(tag):
-            raise InvalidArgument(f"tag {tag!r} is not valid (no spaces or commas)", field="tags")
+            raise InvalidArgument(f"tag {tag!r} is not valid (no spaces or commas)", field="$.tags")
     for name, value in reg.metadata.items():
         if not name or len(name) > 128 or len(value) > 1024:
             raise InvalidArgument(
-                "metadata keys are 1-128 chars, values up to 1024", field="metadata"
+                "metadata keys are 1-128 chars, values up to 1024", field="$.metadata"
             )
     if reg.ttl is not None:
-        check_duration(reg.ttl, "ttl", low=MIN_TTL, high=MAX_TTL)
+        check_duration(reg.ttl, "$.ttl", low=MIN_TTL, high=MAX_TTL)
     if reg.lease is not None:
-        lease_from_text(reg.lease)
+        lease_from_text(reg.lease, field="$.lease")
         if reg.ttl is not None:
-            raise InvalidArgument("give either ttl or lease, not both", field="ttl")
+            raise InvalidArgument("give either ttl or lease, not both", field="$.ttl")
     if reg.check is not None:
         validate_check(reg.check)
 
@@ -181,17 +187,17 @@ def validate(reg: Registration) -> None:
 def validate_check(check: Check) -> None:
     targets = [t for t in (check.http, check.tcp, check.grpc) if t is not None]
     if len(targets) != 1:
-        raise InvalidArgument("a check has exactly one of http, tcp or grpc", field="check")
+        raise InvalidArgument("a check has exactly one of http, tcp or grpc", field="$.check")
     if check.http is not None and not re.match(r"^https?://[^\s/]+", check.http):
-        raise InvalidArgument("check.http must be an http:// or https:// URL", field="check.http")
+        raise InvalidArgument("check.http must be an http:// or https:// URL", field="$.check.http")
     if check.tcp is not None:
-        host_port(check.tcp, "check.tcp")
+        host_port(check.tcp, "$.check.tcp")
     if check.grpc is not None:
-        host_port(check.grpc.split("/", 1)[0], "check.grpc")
-    check_duration(check.interval, "check.interval", low=0.1, high=3600)
-    check_duration(check.timeout, "check.timeout", low=0.05, high=600)
+        host_port(check.grpc.split("/", 1)[0], "$.check.grpc")
+    check_duration(check.interval, "$.check.interval", low=0.1, high=3600)
+    check_duration(check.timeout, "$.check.timeout", low=0.05, high=600)
     if check.deregister_after is not None:
-        check_duration(check.deregister_after, "check.deregister_after", low=1, high=30 * 86400)
+        check_duration(check.deregister_after, "$.check.deregister_after", low=1, high=30 * 86400)
 
 
 ENCODER = msgspec.json.Encoder()

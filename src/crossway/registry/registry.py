@@ -95,7 +95,7 @@ class Registry:
                 info = await self._store.lease_info(lease)
             except LeaseNotFound:
                 raise InvalidArgument(
-                    f"lease {reg.lease} does not exist or has expired", field="lease"
+                    f"lease {reg.lease} does not exist or has expired", field="$.lease"
                 ) from None
             return lease, f"{info.ttl:g}s"
         if reg.ttl is None and reg.check is not None:

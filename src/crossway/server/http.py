@@ -151,4 +151,6 @@ def _invalid(message: str) -> InvalidArgument:
 
 
 def _lower_first(text: str) -> str:
+    if text[1:2].isupper():  # an acronym such as "JSON" stays as it is
+        return text
     return text[:1].lower() + text[1:]
