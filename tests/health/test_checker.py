@@ -270,12 +270,14 @@ async def test_a_failed_write_is_retried(
     real = stack.registry.set_status
     calls = 0
 
-    async def flaky(service: str, instance_id: str, status: str, output: str) -> bool:
+    async def flaky(
+        service: str, instance_id: str, status: str, output: str, **kwargs: Any
+    ) -> bool:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise ConnectionError("store unavailable")
-        return await real(service, instance_id, status, output)
+        return await real(service, instance_id, status, output, **kwargs)
 
     monkeypatch.setattr(stack.registry, "set_status", flaky)
     c = await checker()

@@ -262,7 +262,7 @@ class HealthChecker:
         old = job.machine.status
         try:
             written = await self._registry.set_status(
-                job.service, job.instance_id, verdict.status, verdict.output
+                job.service, job.instance_id, verdict.status, verdict.output, check=job.check
             )
         except Exception as exc:  # the store is down: keep probing, retry the write next time
             self.stats.write_errors += 1

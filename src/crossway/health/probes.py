@@ -241,7 +241,7 @@ async def probe_grpc(target: str, time_limit: float) -> ProbeResult:
     cancellation.
     """
     try:
-        import grpc  # type: ignore[import-untyped]  # grpcio ships no type information
+        import grpc  # grpcio ships no type information (mypy override in pyproject)
     except ImportError:
         return ProbeResult("critical", "gRPC checks need the grpcio package")
     address, _, service = target.partition("/")

@@ -21,6 +21,7 @@ from crossway.core.errors import InvalidArgument, NotFound
 from crossway.registry.catalog import Catalog
 from crossway.registry.model import (
     DEFAULT_TTL,
+    Check,
     Instance,
     Registration,
     check_name,
@@ -174,14 +175,26 @@ class Registry:
     async def keepalive(self, lease_text: str) -> float:
         return await self._store.keepalive(lease_from_text(lease_text))
 
-    async def set_status(self, service: str, instance_id: str, status: str, output: str) -> bool:
-        """Record a health transition; False when the instance is gone."""
+    async def set_status(
+        self,
+        service: str,
+        instance_id: str,
+        status: str,
+        output: str,
+        *,
+        check: Check | None = None,
+    ) -> bool:
+        """Record a health transition; False when the instance is gone, or —
+        given the `check` that produced the result — was re-registered with
+        another check meanwhile (that result no longer applies)."""
         key = instance_key(service, instance_id)
         for _ in range(CAS_ATTEMPTS):
             current = await self._store.get(key)
             if current is None:
                 return False
             instance = decode(current.value)
+            if check is not None and instance.check != check:
+                return False
             if instance.status == status and instance.output == output:
                 return True
             changed = Instance(
