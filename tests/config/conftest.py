@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib.util
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 import pytest
+from starlette.applications import Starlette
 
 from crossway.config import ConfigCenter
 from crossway.core.clock import VirtualClock
@@ -78,15 +80,27 @@ def namespace() -> str:
     return f"t{next(_counter)}-{id(object()):x}"
 
 
+@dataclass
+class Plane:
+    """A started control plane app with only the config API, and its context."""
+
+    ctx: ServerContext
+    app: Starlette
+
+
 @pytest.fixture
-async def client(store: Store, clock: VirtualClock) -> AsyncIterator[httpx2.AsyncClient]:
-    """An HTTP client of the control plane's app, with only the config API."""
+async def plane(store: Store, clock: VirtualClock) -> AsyncIterator[Plane]:
     ctx = ServerContext(store=store, clock=clock)
     app = create_app(ctx, providers=(config_api.routes,))
     await ctx.start()
-    transport = httpx2.ASGITransport(app=app)
     try:
-        async with httpx2.AsyncClient(transport=transport, base_url="http://cp") as http:
-            yield http
+        yield Plane(ctx, app)
     finally:
         await ctx.close()
+
+
+@pytest.fixture
+async def client(plane: Plane) -> AsyncIterator[httpx2.AsyncClient]:
+    transport = httpx2.ASGITransport(app=plane.app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://cp") as http:
+        yield http

@@ -6,8 +6,11 @@ import asyncio
 
 import httpx2
 import pytest
+from starlette.types import Message
 
 from crossway.store import Store
+
+from .conftest import Plane
 
 YAML = {"content-type": "application/yaml"}
 
@@ -368,3 +371,52 @@ async def test_bad_names_and_sizes(client: httpx2.AsyncClient, namespace: str) -
     big = await client.put(f"/v1/config/{namespace}/g/big", content=b"x" * (512 * 1024 + 1))
     assert big.status_code == 413
     assert big.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_long_polls_answer_at_once_on_shutdown(
+    client: httpx2.AsyncClient, plane: Plane, base: str
+) -> None:
+    url = f"{base}/stop.yaml"
+    index = (await put(client, url, "v: 1\n")).json()["revision"]
+    polls = [
+        asyncio.create_task(client.get(url, params={"index": index, "wait": "60s"}))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.05)
+    plane.ctx.begin_shutdown()
+    answers = await asyncio.wait_for(asyncio.gather(*polls), 5)
+    assert {(a.status_code, a.text) for a in answers} == {(200, "v: 1\n")}
+
+
+async def test_long_poll_ends_when_the_client_goes_away(
+    client: httpx2.AsyncClient, plane: Plane, base: str
+) -> None:
+    url = f"{base}/gone.yaml"
+    index = (await put(client, url, "v: 1\n")).json()["revision"]
+    left = asyncio.Event()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if not left.is_set():
+            left.set()
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": url,
+        "raw_path": url.encode(),
+        "query_string": f"index={index}&wait=60s".encode(),
+        "headers": [(b"host", b"cp")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("cp", 80),
+        "client": ("127.0.0.1", 1),
+        "root_path": "",
+    }
+    await asyncio.wait_for(plane.app(scope, receive, send), 5)
+    assert sent[0]["status"] == 200

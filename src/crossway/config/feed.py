@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from typing import Any
 
 from crossway.config.model import ENTRY_PREFIX
 from crossway.store import CompactedError, Event, KeyValue, Store
@@ -87,6 +89,35 @@ class ConfigFeed:
             if not waiters:
                 del self._waiters[key]
 
+    async def wait_change(
+        self, key: str, after: int, *, deadline: float, abort: asyncio.Future[Any] | None = None
+    ) -> KeyValue | None:
+        """The first key-value of `key` past revision `after`, or None when the
+        loop time reaches `deadline`, `abort` finishes, the feed is released or
+        lost track (in every None case: read the store again if still
+        interested). Cancellation unsubscribes and propagates."""
+        loop = asyncio.get_running_loop()
+        future = self.subscribe(key, after)
+        if future.done():
+            return future.result()
+        # A timer and a done-callback instead of asyncio.wait: a wake-up of a
+        # thousand waiters then costs one future each, nothing more.
+        timer = loop.call_at(deadline, _settle, future)
+        settle = functools.partial(_settle_from, future)
+        if abort is not None:
+            abort.add_done_callback(settle)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            if abort is not None:
+                abort.remove_done_callback(settle)
+            self.unsubscribe(key, future)
+
+    def release_all(self) -> None:
+        """Wake every waiter with None (the server is shutting down)."""
+        self._wake_all()
+
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())
 
@@ -133,5 +164,13 @@ class ConfigFeed:
         waiters, self._waiters = self._waiters, {}
         for group in waiters.values():
             for future in group:
-                if not future.done():
-                    future.set_result(None)
+                _settle(future)
+
+
+def _settle(future: Waiter) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _settle_from(future: Waiter, _: asyncio.Future[Any]) -> None:
+    _settle(future)

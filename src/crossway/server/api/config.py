@@ -48,7 +48,7 @@ from starlette.routing import BaseRoute, Route
 
 from crossway.config import bulk
 from crossway.config.center import Author, ConfigCenter, ContentTooLarge, Published
-from crossway.config.feed import ConfigFeed, Waiter
+from crossway.config.feed import ConfigFeed
 from crossway.config.formats import MEDIA_TYPES, choose_format, decode_text
 from crossway.config.model import (
     ANONYMOUS,
@@ -101,12 +101,30 @@ class ConfigApi:
         self.center = ConfigCenter(store, clock=clock)
         self.feed = ConfigFeed(store)
         self._stopping = stopping
+        self._release_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.feed.start()
+        """Follow the store (also done lazily by the first long poll). A store
+        failure propagates; the next call tries again."""
+        await self._ensure_started()
 
     async def close(self) -> None:
+        """Stop following; waiting long polls answer at once."""
+        if self._release_task is not None:
+            self._release_task.cancel()
         await self.feed.close()
+
+    async def _ensure_started(self) -> None:
+        await self.feed.start()
+        if self._stopping is not None and self._release_task is None:
+            loop = asyncio.get_running_loop()
+            self._release_task = loop.create_task(self._release_on(self._stopping))
+
+    async def _release_on(self, stopping: asyncio.Event) -> None:
+        # One task for every long poll: when shutdown begins, wake them all so
+        # each answers now instead of holding the shutdown up for its wait.
+        await stopping.wait()
+        self.feed.release_all()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -268,11 +286,16 @@ class ConfigApi:
         after = params.index or 0
         if after > await self.center.store.revision():
             return snapshot  # an index from another store: resynchronise now
-        await self.feed.start()
+        await self._ensure_started()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + jittered_wait(params.wait, random.random())
-        stop = _StopSignals(request, self._stopping)
+        gone = asyncio.ensure_future(_disconnected(request))
         if_none_match = request.headers.get("if-none-match")
+
+        def over() -> bool:
+            stopping = self._stopping is not None and self._stopping.is_set()
+            return stopping or gone.done() or loop.time() >= deadline
+
         try:
             while True:
                 if snapshot.index > after:
@@ -280,29 +303,14 @@ class ConfigApi:
                     if view is None or not etag_matches(if_none_match, view.etag):
                         return snapshot
                     after = snapshot.index  # changed, but not for this client
-                remaining = deadline - loop.time()
-                if remaining <= 0 or stop.fired():
+                if over():
                     return snapshot
-                woken, kv = await self._wait(r, after, remaining, stop)
-                if not woken:
+                kv = await self.feed.wait_change(r.entry_key, after, deadline=deadline, abort=gone)
+                if over():
                     return snapshot
                 snapshot = await self.center.read(r) if kv is None else _snapshot_of(kv)
         finally:
-            stop.cancel()
-
-    async def _wait(
-        self, r: ConfigRef, after: int, seconds: float, stop: _StopSignals
-    ) -> tuple[bool, KeyValue | None]:
-        """(woken, key-value): woken is False when the wait ran out or a stop
-        signal fired; a None key-value means "read the store again"."""
-        waiter: Waiter = self.feed.subscribe(r.entry_key, after)
-        try:
-            await asyncio.wait(
-                [waiter, *stop.tasks], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-            return (True, waiter.result()) if waiter.done() else (False, None)
-        finally:
-            self.feed.unsubscribe(r.entry_key, waiter)
+            gone.cancel()
 
     async def _get_version(self, r: ConfigRef, raw_version: str) -> Response:
         number = _int_param(raw_version, "version") or 0
@@ -313,22 +321,6 @@ class ConfigApi:
         response = _content(view, None)
         response.headers[INDEX_HEADER] = str(await self.center.store.revision())
         return response
-
-
-class _StopSignals:
-    """The client going away and the server shutting down, as awaitable tasks."""
-
-    def __init__(self, request: Request, stopping: asyncio.Event | None) -> None:
-        self.tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(_disconnected(request))]
-        if stopping is not None:
-            self.tasks.append(asyncio.ensure_future(stopping.wait()))
-
-    def fired(self) -> bool:
-        return any(task.done() for task in self.tasks)
-
-    def cancel(self) -> None:
-        for task in self.tasks:
-            task.cancel()
 
 
 async def _disconnected(request: Request) -> None:
