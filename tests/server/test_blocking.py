@@ -51,7 +51,7 @@ async def api(ctx: ServerContext) -> AsyncIterator[httpx2.AsyncClient]:
 
 async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
-        while not condition():  # noqa: ASYNC110 - polling a store counter, no event to wait on
+        while not condition():
             await asyncio.sleep(0.001)
 
 

@@ -189,7 +189,7 @@ async def test_hanging_up_releases_the_watch(http: httpx2.AsyncClient, store: Lo
     assert store.watcher_count() == 1
     await response.aclose()
     async with asyncio.timeout(3):
-        while store.watcher_count():  # noqa: ASYNC110 - polling a store counter
+        while store.watcher_count():
             await asyncio.sleep(0.005)
 
 
