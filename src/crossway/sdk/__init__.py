@@ -1,0 +1,1 @@
+"""The Python SDK: register, discover, call, configure and coordinate from inside a service."""
