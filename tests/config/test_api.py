@@ -420,3 +420,13 @@ async def test_long_poll_ends_when_the_client_goes_away(
     }
     await asyncio.wait_for(plane.app(scope, receive, send), 5)
     assert sent[0]["status"] == 200
+
+
+async def test_index_from_another_store_answers_at_once(
+    client: httpx2.AsyncClient, base: str
+) -> None:
+    url = f"{base}/elsewhere.yaml"
+    await put(client, url, "v: 1\n")
+    answer = await asyncio.wait_for(client.get(url, params={"index": 10**9, "wait": "30s"}), 5)
+    assert answer.text == "v: 1\n"
+    assert int(answer.headers["x-crossway-index"]) < 10**9
