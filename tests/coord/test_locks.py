@@ -159,6 +159,7 @@ async def test_mutual_exclusion_under_contention(durable_store: Store, name: str
 
     async def contender(label: str) -> None:
         s = await new_session(coord, label, ttl=60)
+        rounds = 0
         while remaining[0] > 0:
             held = await coord.locks.acquire(name, s, wait=60)
             remaining[0] -= 1
@@ -166,6 +167,9 @@ async def test_mutual_exclusion_under_contention(durable_store: Store, name: str
             await asyncio.sleep(0)  # let everyone else run while we hold
             history.append(("release", s, held.fence))
             await coord.locks.release(name, s)
+            rounds += 1
+            if rounds % 20 == 0:
+                await coord.sessions.renew(s)  # however slow the machine, stay alive
 
     await asyncio.wait_for(asyncio.gather(*(contender(f"c{i}") for i in range(20))), 240)
     check_lock_history(history)

@@ -26,6 +26,7 @@ from crossway.coord.model import (
     Withdrawn,
 )
 from crossway.coord.queue import Contender
+from crossway.coord.renewal import RenewalSchedule
 from crossway.coord.sessions import Sessions, SessionView
 from crossway.core.clock import Clock
 from crossway.store.protocol import Store
@@ -53,6 +54,7 @@ __all__ = [
     "LineView",
     "Locks",
     "NotHolder",
+    "RenewalSchedule",
     "Semaphores",
     "SessionNotFound",
     "SessionRecord",

@@ -77,6 +77,9 @@ class Outcome:
 class _Joined:
     contender: Contender
     fresh: bool
+    """Whether this call created the place (else it was there already)."""
+    seen: Snapshot | None
+    """The line as the join transaction saw it, when still current."""
 
 
 class Contention:
@@ -128,7 +131,7 @@ class Contention:
         joined = await self._join_safely(line, sid, lease, value)
         deadline = asyncio.get_running_loop().time() + wait
         try:
-            held, seen = await self._await_turn(line, joined.contender, deadline)
+            held, seen = await self._await_turn(line, joined.contender, deadline, joined.seen)
         except BaseException:
             if joined.fresh and not keep:
                 await quietly(self._leave(line, joined.contender))
@@ -185,22 +188,27 @@ class Contention:
         entry = Entry(session=sid, owner=record.name, value=value)
         for _ in range(JOIN_ATTEMPTS):
             guards, extra = await self._limit_guard(line)
+            listing = Get(line.prefix, prefix=True)  # the line as of this very revision
             try:
                 result = await self._store.txn(
                     [Compare.exists(session_key), Compare.absent(key), *guards],
-                    [Put(key, encode(entry), lease), *extra],
-                    [Get(key), Get(session_key)],
+                    [Put(key, encode(entry), lease), *extra, listing],
+                    [Get(key), Get(session_key), listing],
                 )
             except LeaseNotFound:
                 raise SessionNotFound(sid) from None
+            seen = Snapshot(line_up(_kvs(result.results[-1]), line.prefix), result.revision)
             if result.succeeded:
                 made = Contender(key, sid, result.revision, result.revision, lease, entry)
-                return _Joined(made, fresh=True)
-            existing, session_kv = (_only(r) for r in result.results)
+                return _Joined(made, True, seen)
+            existing, session_kv = (_only(r) for r in result.results[:2])
             if session_kv is None:
                 raise SessionNotFound(sid)
             if existing is not None:
-                return _Joined(await self._proclaim(line, existing, value), fresh=False)
+                me = await self._proclaim(line, existing, value)
+                return _Joined(
+                    me, False, seen if me.mod_revision == existing.mod_revision else None
+                )
             # Only the limit key moved under us (set or replaced meanwhile): look again.
         raise Unavailable(f"{line.kind} {line.name} is too contended to join; retry")
 
@@ -255,15 +263,16 @@ class Contention:
     # Waiting.
 
     async def _await_turn(
-        self, line: Line, me: Contender, deadline: float
+        self, line: Line, me: Contender, deadline: float, seen: Snapshot | None
     ) -> tuple[Contender | None, Snapshot]:
         """Our place once it holds (None when `deadline`, in loop time, passes
-        first) and the last listing."""
+        first) and the last listing; `seen` is a listing to start from."""
         whole_line = line.limit > 1
         async with KeyWatch(self._store, line.prefix, whole_line=whole_line) as follower:
             woke = 0
             while True:
-                snap = await self.snapshot(line)
+                snap = seen if seen is not None else await self.snapshot(line)
+                seen = None
                 found = snap.find(me.session)
                 if found is None or found[1].fence != me.fence:
                     raise await self._gone(line, me)
@@ -319,6 +328,11 @@ class Contention:
             await self._store.delete(line.meta, if_mod_revision=current.mod_revision)
 
 
-def _only(result: object) -> KeyValue | None:
+def _kvs(result: object) -> list[KeyValue]:
     assert isinstance(result, GetResult)
-    return result.kvs[0] if result.kvs else None
+    return result.kvs
+
+
+def _only(result: object) -> KeyValue | None:
+    kvs = _kvs(result)
+    return kvs[0] if kvs else None
