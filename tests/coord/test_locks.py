@@ -146,8 +146,8 @@ async def test_session_expiry_wakes_the_next_waiter_within_one_ttl(
     elapsed = time.monotonic() - last_renewal
     assert got.session == b
     # The lease runs out one TTL after the last renewal; the store's expiry
-    # sweep and the wake-up add well under a second on top.
-    assert elapsed <= ttl + 0.75, f"next waiter took {elapsed:.2f}s"
+    # sweep (etcd checks every 500 ms) and the wake-up add under a second.
+    assert elapsed <= ttl + 1.0, f"next waiter took {elapsed:.2f}s"
 
 
 async def test_mutual_exclusion_under_contention(durable_store: Store, name: str) -> None:
