@@ -16,6 +16,10 @@ The stack, outermost first (see `crossway.server.app`):
   standard set count as `other`, so label cardinality is bounded whatever
   clients send. Requests that never reached a route (404s, and requests
   refused by auth, which runs before routing) are labelled `unmatched`.
+  Names, bucket bounds and label helpers come from `crossway.telemetry.metrics`
+  (the conventions every Crossway process follows). The control plane is one
+  service, so its series carry no `service` label: Prometheus' `job` label
+  names it.
 - `BearerAuth` lets `/healthz` and `/readyz` through and wants
   `Authorization: Bearer <token>` on everything else. Both tokens are hashed
   before `hmac.compare_digest`, so neither the content nor the length of the
@@ -34,14 +38,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from crossway.core.clock import Clock
 from crossway.core.errors import Unauthorized
 from crossway.server.http import error_response
+from crossway.telemetry.metrics import (
+    HTTP_SERVER_DURATION,
+    HTTP_SERVER_IN_FLIGHT,
+    HTTP_SERVER_REQUESTS,
+    LATENCY_BUCKETS,
+    UNMATCHED,
+    method_label,
+    status_class,
+)
+from crossway.telemetry.metrics import (
+    KNOWN_METHODS as KNOWN_METHODS,
+)
 
 access_log = logging.getLogger("crossway.access")
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-UNMATCHED = "unmatched"
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class HttpMetrics:
@@ -49,20 +62,20 @@ class HttpMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "http_server_requests",
+            HTTP_SERVER_REQUESTS,
             "HTTP requests answered, by method, route template and status class.",
             ["method", "route", "status_class"],
             registry=registry,
         )
         self.duration = Histogram(
-            "http_server_request_duration_seconds",
+            HTTP_SERVER_DURATION,
             "Time from request start to the end of the response, by route template.",
             ["method", "route"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(
-            "http_server_requests_in_flight",
+            HTTP_SERVER_IN_FLIGHT,
             "Requests being served now (long polls and event streams included).",
             registry=registry,
         )
@@ -70,15 +83,6 @@ class HttpMetrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, status_class(status)).inc()
         self.duration.labels(method, route).observe(seconds)
-
-
-def status_class(status: int) -> str:
-    """ "2xx" … "5xx"; "none" when no response was ever started (cancelled)."""
-    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
-
-
-def method_label(method: str) -> str:
-    return method if method in KNOWN_METHODS else "other"
 
 
 def route_label(scope: Scope) -> str:
