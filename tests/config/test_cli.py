@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 import uvicorn
 from typer.testing import CliRunner, Result
 
 from crossway.cli import config as cli
 from crossway.server.api import config as config_api
+from crossway.server.api import watch
 from crossway.server.app import create_app
 from crossway.server.context import ServerContext
 from crossway.store.sqlite import open_sqlite_store
@@ -29,7 +32,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     async def serve() -> None:
         ctx = ServerContext(store=await open_sqlite_store(data))
-        app = create_app(ctx, providers=(config_api.routes,))
+        app = create_app(ctx, providers=(config_api.routes, watch.routes))
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         servers.append(uvicorn.Server(config))
         await servers[0].serve()
@@ -171,3 +174,18 @@ def test_invalid_import_lists_every_problem(run: Invoke, tmp_path: Path) -> None
     assert "bad.yaml:2:1:" in result.stderr
     assert "nothing was imported" in result.stderr
     assert run("get", "good.yaml", ok=False).exit_code == 1
+
+
+def test_the_sse_watch_follows_config_keys(server_url: str, namespace: str) -> None:
+    url = f"/v1/config/{namespace}/DEFAULT_GROUP/watched.yaml"
+    with httpx2.Client(base_url=server_url, timeout=10) as http:
+        index = http.put(url, content=b"v: 1\n").json()["revision"]
+        params = {"prefix": f"/config/{namespace}/", "after": index}
+        with http.stream("GET", "/v1/watch", params=params) as stream:
+            http.put(url, content=b"v: 2\n")
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    break
+    assert event["key"] == f"/config/{namespace}/DEFAULT_GROUP/watched.yaml"
+    assert json.loads(event["value"])["release"]["content"] == "v: 2\n"
