@@ -5,11 +5,15 @@ without touching the store or decoding JSON per request, so one control plane
 answers tens of thousands of queries a second. Each service remembers the
 revision of its last change, so a blocking query on one service wakes only
 when that service changes (Consul's per-result index), not on every write.
+`leases` counts the instances bound to each lease, kept up to date change by
+change, so the self-preservation guard never has to walk every instance.
 
 Invariants
 1. `revision` is the store revision the view reflects; it only grows.
 2. After a `CompactedError` (the watch fell too far behind) the view is
    rebuilt from a fresh list, and every waiter is woken to re-read.
+3. `leases[id]` is the number of instances in the view bound to lease `id`;
+   a lease with no instance has no entry.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Catalog:
     def __init__(self, store: Store) -> None:
         self._store = store
         self.services: dict[str, ServiceEntry] = {}
+        self.leases: dict[int, int] = {}
         self.revision = 0
         self.modified = 0
         self._changed = asyncio.Event()
@@ -66,6 +71,7 @@ class Catalog:
         listing = await self._store.range(SERVICES_PREFIX)
         old = self.services
         self.services = {}
+        self.leases = {}
         for kv in listing.kvs:
             self._apply_put(kv.key, kv.value, kv.mod_revision)
         for name, entry in old.items():
@@ -117,6 +123,8 @@ class Catalog:
         entry = self.services.setdefault(service, ServiceEntry())
         old = entry.instances.get(instance_id)
         entry.instances[instance_id] = instance
+        self._count_lease(old, -1)
+        self._count_lease(instance, 1)
         entry.modified = revision
         self.modified = revision
         self._notify(service, instance_id, old, instance)
@@ -130,12 +138,23 @@ class Catalog:
         if entry is None:
             return
         old = entry.instances.pop(instance_id, None)
+        self._count_lease(old, -1)
         entry.modified = revision
         self.modified = revision
         if not entry.instances:
             # Keep the entry so a blocking query sees the service change to empty.
             pass
         self._notify(service, instance_id, old, None)
+
+    def _count_lease(self, instance: Instance | None, delta: int) -> None:
+        if instance is None or not instance.lease:
+            return
+        lease = int(instance.lease, 16)
+        count = self.leases.get(lease, 0) + delta
+        if count > 0:
+            self.leases[lease] = count
+        else:
+            self.leases.pop(lease, None)
 
     def _notify(
         self, service: str, instance_id: str, old: Instance | None, new: Instance | None

@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 RECOVERY_SLACK = 0.25
+LAPSE_FRACTION = 0.5
+"""Rule 1's share of the TTL: a lease with less than this much of it left is lapsing."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -66,24 +68,33 @@ class SelfPreservation:
     held: dict[int, float] = field(default_factory=dict)
     """lease -> the deadline our last renewal gave it."""
 
-    def evaluate(self, leases: list[LeaseView], now: float) -> Decision:
+    def evaluate(
+        self, leases: list[LeaseView], now: float, *, total: int | None = None
+    ) -> Decision:
+        """Decide from the lease states `leases` read at `now`.
+
+        `leases` is either every lease of the fleet, or — with `total`, the
+        size of the fleet — only those that are lapsing or held (the others
+        cannot change the decision), so a large healthy fleet costs nothing
+        here."""
+        fleet = len(leases) if total is None else total
         self._forget_recovered(leases, now)
         lapsing = [v for v in leases if self._lapsing(v) or v.id in self.held]
-        condition = len(lapsing) >= self.settings.min_leases and len(
-            lapsing
-        ) > self.settings.share * len(leases)
+        condition = (
+            len(lapsing) >= self.settings.min_leases and len(lapsing) > self.settings.share * fleet
+        )
         if not condition:
             self.lifted = False
         self.engaged = condition and not self.lifted
         if not self.engaged:
             self.held.clear()
-            return Decision(False, [], set(), len(lapsing), len(leases))
-        renew = [v.id for v in lapsing if v.remaining <= self._margin(v)]
+            return Decision(False, [], set(), len(lapsing), fleet)
+        renew = [v for v in lapsing if v.remaining <= self._margin(v)]
         for view in lapsing:
             self.held.setdefault(view.id, now + view.remaining)
-        for lease_id, view in ((v.id, v) for v in lapsing if v.id in renew):
-            self.held[lease_id] = now + view.ttl
-        return Decision(True, renew, set(self.held), len(lapsing), len(leases))
+        for view in renew:
+            self.held[view.id] = now + view.ttl
+        return Decision(True, [v.id for v in renew], set(self.held), len(lapsing), fleet)
 
     def lift(self) -> None:
         """An operator lifts protection: held leases expire normally."""
@@ -92,7 +103,7 @@ class SelfPreservation:
         self.held.clear()
 
     def _lapsing(self, view: LeaseView) -> bool:
-        return view.remaining < min(view.ttl / 2, self.settings.horizon)
+        return view.remaining < min(view.ttl * LAPSE_FRACTION, self.settings.horizon)
 
     def _margin(self, view: LeaseView) -> float:
         return min(self.settings.renew_margin, view.ttl / 2)

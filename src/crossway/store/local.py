@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -286,6 +286,16 @@ class LocalStore:
             if state is not None:
                 out.append((lease, state.ttl, max(0.0, state.deadline - now)))
         return out
+
+    def expiring_leases(
+        self, among: Container[int], *, within: float, fraction: float = 1.0
+    ) -> list[tuple[int, float, float]]:
+        """(id, ttl, remaining) of each lease in `among` that has less than
+        min(ttl * fraction, within) left, from memory; cheap enough to call
+        every second with hundreds of thousands of leases."""
+        now = self._clock.now()
+        found = self._leases.expiring(now, within=within, fraction=fraction, among=among)
+        return [(s.id, s.ttl, max(0.0, s.deadline - now)) for s in found]
 
     def lease_count(self) -> int:
         return len(self._leases)
