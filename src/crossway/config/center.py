@@ -117,6 +117,10 @@ class Author:
 
 
 class ConfigCenter:
+    """Configuration entries on `store`. Every method raises the store's
+    `StoreUnavailable` (503) when the backend cannot answer; reads change
+    nothing when cancelled."""
+
     def __init__(
         self, store: Store, *, clock: Clock | None = None, limits: Limits | None = None
     ) -> None:
@@ -127,6 +131,7 @@ class ConfigCenter:
     # Reads.
 
     async def read(self, ref: ConfigRef) -> Snapshot:
+        """The entry and its index (mod_revision); `Snapshot(None, 0)` when absent."""
         kv = await self.store.get(ref.entry_key)
         if kv is None:
             return Snapshot(None, 0)
@@ -141,6 +146,7 @@ class ConfigCenter:
         return releases[::-1]
 
     async def version(self, ref: ConfigRef, version: int) -> Release:
+        """One version from history; `NotFound` (404) when there is no such version."""
         kv = await self.store.get(ref.history_key(version)) if version > 0 else None
         if kv is None:
             raise NotFound(f"{ref} has no version {version}", field="version")
@@ -282,6 +288,7 @@ class ConfigCenter:
     # Machinery.
 
     def check_content(self, content: str, fmt: Format) -> None:
+        """`ContentTooLarge` (413) or `ContentInvalid` (400) unless `content` may be stored."""
         size = len(content.encode("utf-8"))
         if size > self.limits.max_content:
             raise ContentTooLarge(
@@ -298,6 +305,8 @@ class ConfigCenter:
         *,
         deleted: bool = False,
     ) -> Release:
+        """The version that would follow `entry`'s release, stamped now (pure
+        but for the clock; writes nothing)."""
         version = (entry.version if entry else 0) + 1
         return Release(
             content,
@@ -311,6 +320,8 @@ class ConfigCenter:
         )
 
     async def _commit(self, ref: ConfigRef, plan: Plan) -> Published:
+        # Bounded retries: each failed transaction means another writer made
+        # progress, so only a hot entry under many writers ends in Conflict.
         for _ in range(CAS_ATTEMPTS):
             kv = await self.store.get(ref.entry_key)
             entry = decode_entry(kv.value) if kv is not None else None

@@ -10,8 +10,9 @@ Grammar (a comma means AND; blanks around tokens are ignored):
 
 KEY is an optional DNS-subdomain prefix and "/" followed by a name of 1-63
 letters, digits, '-', '_' or '.', starting and ending with a letter or digit;
-VALUE is empty or such a name. As in Kubernetes, `!=` and `notin` also match
-instances that do not carry the label at all.
+VALUE is empty or such a name (`k in ()` is the set of the empty value). As
+in Kubernetes, `!=` and `notin` also match instances that do not carry the
+label at all.
 
 Theory of operation: `parse_selector` tokenises and parses in one pass and
 raises `SelectorError` with the 1-based column of the first problem;
