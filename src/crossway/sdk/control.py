@@ -148,25 +148,34 @@ class ControlPlane:
 
     # -- the registry API ------------------------------------------------------
 
-    async def register(self, service: str, instance_id: str, body: Mapping[str, Any]) -> Instance:
+    async def register(
+        self,
+        service: str,
+        instance_id: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> Instance:
         """`PUT /v1/services/{service}/instances/{id}`: the stored instance, with its lease."""
-        response = await self.request(
-            "PUT", f"/v1/services/{service}/instances/{instance_id}", json=dict(body)
-        )
+        path = f"/v1/services/{service}/instances/{instance_id}"
+        response = await self.request("PUT", path, json=dict(body), **_timeout(timeout))
         return _instance.decode(response.content)
 
-    async def deregister(self, service: str, instance_id: str) -> None:
+    async def deregister(
+        self, service: str, instance_id: str, *, timeout: float | None = None
+    ) -> None:
         """`DELETE …/instances/{id}`; an instance already gone is not an error."""
+        path = f"/v1/services/{service}/instances/{instance_id}"
         try:
-            await self.request("DELETE", f"/v1/services/{service}/instances/{instance_id}")
+            await self.request("DELETE", path, **_timeout(timeout))
         except ControlPlaneError as exc:
             if exc.status != 404:
                 raise
 
-    async def keepalive(self, lease: str) -> None:
+    async def keepalive(self, lease: str, *, timeout: float | None = None) -> None:
         """`PUT /v1/leases/{lease}/keepalive`; `ControlPlaneError` 404
         `lease_not_found` once the lease is gone (register again)."""
-        await self.request("PUT", f"/v1/leases/{lease}/keepalive")
+        await self.request("PUT", f"/v1/leases/{lease}/keepalive", **_timeout(timeout))
 
     async def instances(self, service: str, **query: str) -> tuple[list[Instance], int]:
         """`GET /v1/services/{service}`: the instances and the index they reflect."""
@@ -211,6 +220,10 @@ def _error_of(response: httpx2.Response) -> tuple[str, str]:
         return str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return "http_" + str(response.status_code), response.text[:200] or response.reason_phrase
+
+
+def _timeout(seconds: float | None) -> dict[str, Any]:
+    return {} if seconds is None else {"timeout": seconds}
 
 
 def _unreachable(url: str, exc: Exception) -> str:

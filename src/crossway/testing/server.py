@@ -29,6 +29,10 @@ class CrosswayServer:
     log_path: Path
     data_dir: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -51,9 +55,14 @@ def start_server(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    port: int | None = None,
 ) -> CrosswayServer:
-    """Start `crossway server` and wait until `/readyz` answers 200."""
-    port = free_port()
+    """Start `crossway server` and wait until `/readyz` answers 200.
+
+    `port` (default: a free one) lets a test restart a server where its
+    clients expect it, e.g. `start_server(data_dir=old.data_dir, port=old.port)`.
+    """
+    port = port or free_port()
     data = data_dir or Path(tempfile.mkdtemp(prefix="crossway-server-"))
     log_path = data / "server.log"
     data.mkdir(parents=True, exist_ok=True)

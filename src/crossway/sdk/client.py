@@ -1,0 +1,212 @@
+"""`Client`: one object a service creates, starts, uses and closes.
+
+Theory of operation
+- Construction only reads settings (arguments, then `CROSSWAY_*`) and builds
+  plain objects: no task, no socket, no thread. A client may therefore be
+  made at import time of a module served by a pre-fork server (gunicorn,
+  uvicorn --workers); the work starts in `start()`, in the worker.
+- `start()` starts the discovery cache, then (with `register=True`)
+  registers the service and keeps its lease alive in the background, then
+  starts the coordination helpers declared so far (leaders, scheduled jobs).
+  A control plane that cannot be reached does not fail `start()`: the service
+  boots, discovery serves its disk snapshot, and registration keeps trying
+  in the background. A refusal (bad settings, wrong token) does fail it.
+- `stop()` undoes all of that in reverse: helpers resign (so another process
+  takes over leadership at once), the instance is deregistered (best effort,
+  bounded), the discovery cache writes its snapshots, and the HTTP client
+  closes. Every background task is cancelled and awaited; nothing leaks.
+- The instance id is fixed at `start()`: the default (`{service}-{hostname}-
+  {pid}`) therefore names the worker process, not the parent that forked it.
+- `http()`, `http_sync()` and `bind()` import the modules that implement them
+  on first use, so a program that only registers pays for nothing else.
+
+A client is started once; after `stop()` make a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx2
+from prometheus_client import CollectorRegistry
+
+from crossway.core.clock import Clock, SystemClock
+from crossway.sdk.control import ControlPlane
+from crossway.sdk.discovery import DiscoveryCache
+from crossway.sdk.registration import Registrar, registration_body
+from crossway.sdk.settings import ClientSettings, InvalidSettings
+
+if TYPE_CHECKING:
+    from crossway.sdk.config import BoundConfig  # type: ignore[import-not-found,unused-ignore]
+
+M = TypeVar("M")
+
+log = logging.getLogger("crossway.sdk")
+
+
+class Client:
+    """The SDK's entry point; see the module header.
+
+    `Client(service="orders", port=8080)` or `Client(settings=ClientSettings(...))`;
+    keyword overrides win over `settings` and over the environment.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: ClientSettings | None = None,
+        register: bool = True,
+        metrics_registry: CollectorRegistry | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = ClientSettings.from_env(**overrides)
+        elif overrides:
+            settings = dataclasses.replace(settings, **overrides)
+        self.settings = settings
+        self.register = register
+        self.clock = clock or SystemClock()
+        self.metrics_registry = metrics_registry or CollectorRegistry(auto_describe=True)
+        self.control = ControlPlane(settings, transport=transport)
+        self.discovery = DiscoveryCache(
+            self.control,
+            cache_dir=settings.cache_dir,
+            metrics_registry=self.metrics_registry,
+            clock=self.clock,
+        )
+        self._instance_id = settings.instance_id
+        self._registrar: Registrar | None = None
+        self._state = "new"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._state == "started"
+
+    async def start(self) -> None:
+        """Start discovery, register (if asked), start the coordination helpers.
+
+        Raises `InvalidSettings` when registering without a service or port,
+        `ControlPlaneError` when the control plane refuses the registration,
+        and `RuntimeError` when called twice. On any failure or cancellation,
+        whatever was started is stopped again before the error propagates.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"this client is already {self._state}; make a new one")
+        self._state = "started"
+        self._instance_id = self.settings.resolved_instance_id()
+        try:
+            await self.discovery.start()
+            if self.register:
+                await self._start_registration()
+        except BaseException:
+            await self._shutdown(deregister=False)
+            raise
+
+    async def stop(self, *, deregister: bool = True) -> None:
+        """Resign, deregister (bounded, best effort), stop discovery, close.
+
+        Idempotent. Failures while stopping are logged, never raised; if
+        `stop` is cancelled, the remaining steps still run before the
+        cancellation propagates.
+        """
+        if self._state == "stopped":
+            return
+        await self._shutdown(deregister=deregister)
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _start_registration(self) -> None:
+        service = self.settings.service
+        if service is None:
+            raise InvalidSettings(
+                "registering needs a service name: set service= or CROSSWAY_SERVICE "
+                "(or pass register=False)",
+                field="service",
+            )
+        self._registrar = Registrar(
+            self.control,
+            service=service,
+            instance_id=self.instance_id,
+            body=registration_body(self.settings),
+            ttl=self.settings.ttl_seconds,
+            clock=self.clock,
+        )
+        await self._registrar.start()
+
+    async def _shutdown(self, *, deregister: bool) -> None:
+        self._state = "stopped"
+        try:
+            if self._registrar is not None:
+                await self._registrar.stop(deregister=deregister)
+        finally:
+            try:
+                await self.discovery.stop()
+            finally:
+                await self.control.aclose()
+
+    # -- identity --------------------------------------------------------------------
+
+    @property
+    def instance_id(self) -> str:
+        """The id this process registers under (fixed once started)."""
+        return self._instance_id or self.settings.default_instance_id()
+
+    @property
+    def lease(self) -> str | None:
+        """The lease of the registration, None before it (or without one)."""
+        return self._registrar.lease if self._registrar is not None else None
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.settings.labels
+
+    @property
+    def registrations(self) -> int:
+        """Successful registrations so far (1 after start, more after re-registrations)."""
+        return self._registrar.registrations if self._registrar is not None else 0
+
+    # -- accessors implemented by other modules, imported on first use ------------
+
+    def http(self, **httpx_kwargs: Any) -> httpx2.AsyncClient:
+        """An `httpx2.AsyncClient` whose `http://<service>/…` URLs resolve
+        through discovery, with the service's call policy applied."""
+        from crossway.sdk.transport import async_client  # type: ignore[import-not-found,unused-ignore]
+
+        client: httpx2.AsyncClient = async_client(self, **httpx_kwargs)
+        return client
+
+    def http_sync(self, **httpx_kwargs: Any) -> httpx2.Client:
+        """The synchronous twin of `http()`."""
+        from crossway.sdk.transport import sync_client  # type: ignore[import-not-found,unused-ignore]
+
+        client: httpx2.Client = sync_client(self, **httpx_kwargs)
+        return client
+
+    def bind(
+        self,
+        model_cls: type[M],
+        key: str,
+        *,
+        group: str = "DEFAULT_GROUP",
+        namespace: str | None = None,
+        on_change: Any = None,
+    ) -> BoundConfig[M]:
+        """A settings object bound to a config entry, updated in place on change."""
+        from crossway.sdk.config import bind  # type: ignore[import-not-found,unused-ignore]
+
+        bound: BoundConfig[M] = bind(
+            self, model_cls, key, group=group, namespace=namespace, on_change=on_change
+        )
+        return bound
