@@ -68,8 +68,17 @@ def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ControlPla
     cp.stop()
 
 
+@pytest.fixture(scope="module")
+def sqlite_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """One control plane for the CLI tests (each uses names of its own)."""
+    cp = _start_plane("sqlite", tmp_path_factory.mktemp("plane"), None)
+    yield cp
+    cp.stop()
+
+
 @pytest.fixture
-def sqlite_plane(tmp_path: Path) -> Iterator[ControlPlane]:
+def own_plane(tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane the test may stop."""
     cp = _start_plane("sqlite", tmp_path, None)
     yield cp
     cp.stop()
@@ -147,19 +156,24 @@ async def test_leader_failover_after_sigkill(plane: ControlPlane) -> None:
         await first.wait()
 
 
+async def sessions_named(http: httpx2.AsyncClient, text: str) -> list[str]:
+    listed = (await http.get("/v1/sessions")).json()
+    return [s["session"] for s in listed if text in s["name"]]
+
+
 async def test_lock_runs_the_command_with_its_fence(
     sqlite_plane: ControlPlane, http: httpx2.AsyncClient
 ) -> None:
     script = "import os; print('fence', os.environ['CROSSWAY_LOCK_FENCE']); raise SystemExit(7)"
-    run = await cli(sqlite_plane.url, "lock", "nightly", "--", sys.executable, "-c", script)
+    run = await cli(sqlite_plane.url, "lock", "fenced", "--", sys.executable, "-c", script)
     out, err = await asyncio.wait_for(run.communicate(), 20)
     assert run.returncode == 7, err.decode()
     fence = int(out.decode().split()[1])
     assert fence > 0
-    assert "holding nightly" in err.decode()
-    assert (await http.get("/v1/locks/nightly")).json()["holder"] is None
-    assert (await http.get("/v1/sessions")).json() == [], "the session was ended"
-    again = await cli(sqlite_plane.url, "lock", "nightly", "--", sys.executable, "-c", script)
+    assert "holding fenced" in err.decode()
+    assert (await http.get("/v1/locks/fenced")).json()["holder"] is None
+    assert await sessions_named(http, "lock fenced") == [], "the session was ended"
+    again = await cli(sqlite_plane.url, "lock", "fenced", "--", sys.executable, "-c", script)
     out, _ = await asyncio.wait_for(again.communicate(), 20)
     assert int(out.decode().split()[1]) > fence
 
@@ -168,8 +182,8 @@ async def test_lock_gives_up_after_wait(
     sqlite_plane: ControlPlane, http: httpx2.AsyncClient
 ) -> None:
     sid = (await http.post("/v1/sessions", json={"ttl": "30s", "name": "other"})).json()["session"]
-    assert (await http.put(f"/v1/locks/nightly?session={sid}")).status_code == 200
-    run = await cli(sqlite_plane.url, "lock", "nightly", "--wait", "300ms", "--", "true")
+    assert (await http.put(f"/v1/locks/busy?session={sid}")).status_code == 200
+    run = await cli(sqlite_plane.url, "lock", "busy", "--wait", "300ms", "--", "true")
     status, err = await finished(run)
     assert status == 3
     assert "held by session" in err
@@ -179,10 +193,10 @@ async def test_lock_gives_up_after_wait(
 async def test_a_lost_session_stops_the_command(
     sqlite_plane: ControlPlane, http: httpx2.AsyncClient
 ) -> None:
-    run = await cli(sqlite_plane.url, "lock", "job", "--ttl", "3s", "--", "sleep", "60")
-    await line_with(run.stderr, "holding job")
-    sessions = (await http.get("/v1/sessions")).json()
-    await http.delete(f"/v1/sessions/{sessions[0]['session']}")  # as if it had expired
+    run = await cli(sqlite_plane.url, "lock", "doomed", "--ttl", "3s", "--", "sleep", "60")
+    await line_with(run.stderr, "holding doomed")
+    (session,) = await sessions_named(http, "lock doomed")
+    await http.delete(f"/v1/sessions/{session}")  # as if it had expired
     status, err = await finished(run, within=10)
     assert status == 4
     assert "lost the session" in err
@@ -190,16 +204,16 @@ async def test_a_lost_session_stops_the_command(
 
 
 async def test_an_unreachable_control_plane_stops_the_command_within_the_ttl(
-    sqlite_plane: ControlPlane,
+    own_plane: ControlPlane,
 ) -> None:
-    run = await cli(sqlite_plane.url, "lock", "job", "--ttl", "2s", "--", "sleep", "60")
+    run = await cli(own_plane.url, "lock", "job", "--ttl", "2s", "--", "sleep", "60")
     await line_with(run.stderr, "holding job")
-    sqlite_plane.process.send_signal(signal.SIGSTOP)  # requests now hang
+    own_plane.process.send_signal(signal.SIGSTOP)  # requests now hang
     stopped = time.monotonic()
     try:
         status, err = await finished(run, within=10)
     finally:
-        sqlite_plane.process.send_signal(signal.SIGCONT)
+        own_plane.process.send_signal(signal.SIGCONT)
     took = time.monotonic() - stopped
     assert status == 4, err
     assert "could not renew" in err
