@@ -12,7 +12,10 @@ registration does not churn leases.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crossway.core.clock import Clock, SystemClock
@@ -37,6 +40,7 @@ from crossway.store import CompareFailed, LeaseNotFound, Store
 log = logging.getLogger("crossway.registry")
 
 CAS_ATTEMPTS = 5
+RENEW_CONCURRENCY = 64
 
 
 @dataclass(slots=True, frozen=True)
@@ -174,6 +178,42 @@ class Registry:
 
     async def keepalive(self, lease_text: str) -> float:
         return await self._store.keepalive(lease_from_text(lease_text))
+
+    async def keepalive_many(
+        self, lease_texts: Sequence[str]
+    ) -> tuple[dict[str, float], list[str]]:
+        """Renew many leases at once (an agent renewing every instance of its
+        node): the TTL of each renewed lease, and the leases that no longer exist.
+
+        Every id is checked before any is renewed (`InvalidArgument` naming the
+        first bad one, nothing renewed). A store failure propagates; leases
+        renewed before it stay renewed (a renewal is idempotent, retry them all).
+        On cancellation the same holds."""
+        leases = [
+            lease_from_text(text, field=f"$.leases[{i}]") for i, text in enumerate(lease_texts)
+        ]
+        many = getattr(self._store, "keepalive_many", None)
+        if many is not None:
+            ttls: dict[int, float] = await many(leases)
+        else:
+            ttls = await self._renew_each(leases)
+        pairs = list(zip(lease_texts, leases, strict=True))
+        renewed = {text: ttls[lease] for text, lease in pairs if lease in ttls}
+        missing = [text for text, lease in pairs if lease not in ttls]
+        return renewed, missing
+
+    async def _renew_each(self, leases: list[int]) -> dict[int, float]:
+        """One keepalive per lease, `RENEW_CONCURRENCY` at a time (remote stores)."""
+        ttls: dict[int, float] = {}
+
+        async def renew(lease: int) -> None:
+            with contextlib.suppress(LeaseNotFound):
+                ttls[lease] = await self._store.keepalive(lease)
+
+        for start in range(0, len(leases), RENEW_CONCURRENCY):
+            chunk = leases[start : start + RENEW_CONCURRENCY]
+            await asyncio.gather(*(renew(lease) for lease in chunk))
+        return ttls
 
     async def set_status(
         self,

@@ -265,6 +265,19 @@ class LocalStore:
             raise LeaseNotFound(lease)
         return state.ttl
 
+    async def keepalive_many(self, leases: Sequence[int]) -> dict[int, float]:
+        """Renew each of `leases` (memory only, no await in between); returns the
+        TTL of each one renewed. Leases that do not exist are left out."""
+        self._check_open()
+        now = self._clock.now()
+        renew = self._leases.renew
+        renewed: dict[int, float] = {}
+        for lease in leases:
+            state = renew(lease, now)
+            if state is not None:
+                renewed[lease] = state.ttl
+        return renewed
+
     async def revoke(self, lease: int) -> None:
         self._check_open()
         await self._revoke(lease)

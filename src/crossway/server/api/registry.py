@@ -3,6 +3,7 @@
     PUT    /v1/services/{service}/instances/{id}     register (idempotent)
     DELETE /v1/services/{service}/instances/{id}     deregister
     PUT    /v1/leases/{lease}/keepalive               renew every instance on a lease
+    POST   /v1/leases/keepalive                       renew many leases: {"leases": [hex…]}
     GET    /v1/services                               services with counts (blocking query)
     GET    /v1/services/{service}?healthy=&zone=&tag= instances (blocking query)
     GET|PUT /v1/services/{service}/settings          per-service protect threshold
@@ -45,8 +46,18 @@ from crossway.store import Store
 _encoder = msgspec.json.Encoder()
 
 
+MAX_KEEPALIVE_BATCH = 10_000
+"""Leases per batched keepalive: bounds the time one request holds the loop."""
+
+
 class ServiceSettings(msgspec.Struct, forbid_unknown_fields=True):
     protect_threshold: float = 0.0
+
+
+class KeepaliveBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of `POST /v1/leases/keepalive`."""
+
+    leases: list[str]
 
 
 def routes(ctx: ServerContext) -> list[BaseRoute]:
@@ -98,6 +109,7 @@ class RegistryApi:
             Route("/v1/services/{service}/settings", self.get_settings, methods=["GET"]),
             Route("/v1/services/{service}/settings", self.put_settings, methods=["PUT"]),
             Route("/v1/leases/{lease}/keepalive", self.keepalive, methods=["PUT"]),
+            Route("/v1/leases/keepalive", self.keepalive_many, methods=["POST"]),
             Route("/v1/registry/self-preservation", self.preservation, methods=["GET"]),
             Route("/v1/registry/self-preservation", self.lift, methods=["DELETE"]),
         ]
@@ -127,6 +139,18 @@ class RegistryApi:
         lease = request.path_params["lease"]
         ttl = await self.registry.keepalive(lease)
         return json_response({"lease": lease, "ttl": f"{ttl:g}s"}, index=self._index())
+
+    async def keepalive_many(self, request: Request) -> Response:
+        """Renew every lease of the body at once, as an agent renewing all the
+        instances of its node does: `{"renewed": {lease: ttl_seconds},
+        "missing": [lease…]}`. A malformed id refuses the whole batch (400)."""
+        batch = await read_json(request, KeepaliveBatch)
+        if len(batch.leases) > MAX_KEEPALIVE_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_KEEPALIVE_BATCH} leases per request", field="$.leases"
+            )
+        renewed, missing = await self.registry.keepalive_many(batch.leases)
+        return json_response({"renewed": renewed, "missing": missing}, index=self._index())
 
     async def list_services(self, request: Request) -> Response:
         catalog = self.registry.catalog
