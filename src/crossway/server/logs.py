@@ -8,6 +8,10 @@ Theory of operation
   `ts`, `level`, `logger` and `msg` are always present, `exc` carries the
   traceback when there is one. Tracebacks go to the log, never to a client.
 - `text` format is for people at a terminal: the same fields as `key=value`.
+- The handler's `TraceIdFilter` adds `trace_id`/`span_id` to every record
+  logged while a trace context is current (for a request that carried a
+  `traceparent` or B3 headers, once `TraceLogContext` is in the middleware
+  stack; see crossway.telemetry.logging).
 
 Invariant (json format): one record is exactly one line. Newlines inside
 messages and tracebacks are escaped by the JSON encoder, so a log shipper can
@@ -22,6 +26,8 @@ import time
 from typing import Any, TextIO
 
 import msgspec
+
+from crossway.telemetry.logging import TraceIdFilter
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -81,6 +87,7 @@ def configure_logging(
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(TraceIdFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
