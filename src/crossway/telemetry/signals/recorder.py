@@ -1,0 +1,218 @@
+"""Client side of the golden signals: count requests locally, push a summary every 10 s.
+
+Theory of operation
+- `Recorder.record(route, method, status, duration)` adds one request to a
+  cell keyed by (service called, route, method, caller, status class): a
+  latency histogram on the shared bounds, a failure count and a latency sum.
+  Memory is one cell per distinct key, capped at `max_cells` (later routes
+  are recorded under `overflow`), whatever the request rate.
+- `snapshot()` takes every cell and starts afresh, returning the `Push` the
+  control plane expects (see `push.py`), or None when nothing happened.
+  Recording and snapshotting share one lock, held only for dictionary work
+  (never across I/O), so threads of a sync application may record too.
+- A server-side recorder (the SDK middleware, a sidecar's inbound side)
+  records requests *to* its own service; a client-side recorder (the
+  gateway, the SDK client, a sidecar's outbound side) records requests to
+  other services, passing `service=` per call, with itself as the caller.
+- `StatsPusher` is the thin async driver: every `interval` seconds it posts
+  the snapshot to `POST /v1/stats/push`. A failed push is dropped and counted
+  (re-sending it later would pile old traffic into a new time slot); it never
+  raises into the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+
+import httpx2
+import msgspec
+
+from crossway.telemetry.metrics import OVERFLOW, LabelBudget, is_error, status_class
+from crossway.telemetry.signals.histogram import BUCKET_COUNT, bucket_index
+from crossway.telemetry.signals.push import Push, PushSeries, Side, Source
+
+log = logging.getLogger("crossway.telemetry")
+
+CellKey = tuple[str, str, str, str, str]
+"""(service, route, method, caller, status class)."""
+
+
+class _Cell:
+    __slots__ = ("counts", "errors", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * BUCKET_COUNT
+        self.errors = 0
+        self.sum = 0.0
+
+
+class Recorder:
+    """Pre-aggregates requests into cells; see the module header."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        instance: str = "",
+        side: Side = "server",
+        max_cells: int = 500,
+    ) -> None:
+        self.service = service
+        self.instance = instance
+        self.side: Side = side
+        self._routes = LabelBudget(max_cells)
+        self._max_cells = max_cells
+        self._cells: dict[CellKey, _Cell] = {}
+        self._lock = threading.Lock()
+
+    def record(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        duration: float,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+    ) -> None:
+        """Count one request that took `duration` seconds and answered `status`
+        (0: no response). `service` is the service called (default: this
+        recorder's own); on the client side `caller` defaults to this service."""
+        klass = status_class(status)
+        if caller is None and self.side == "client":
+            caller = self.service
+        key = (service or self.service, self._routes.admit(route), method, caller or "", klass)
+        seconds = max(0.0, duration)
+        with self._lock:
+            cell = self._cells.get(key)
+            if cell is None:
+                cell = self._new_cell(key)
+            cell.counts[bucket_index(seconds)] += 1
+            cell.sum += seconds
+            cell.errors += is_error(klass)
+
+    def _new_cell(self, key: CellKey) -> _Cell:
+        if len(self._cells) >= self._max_cells:
+            key = (key[0], OVERFLOW, key[2], key[3], key[4])
+            found = self._cells.get(key)
+            if found is not None:
+                return found
+        cell = self._cells[key] = _Cell()
+        return cell
+
+    def snapshot(self, *, interval_s: float = 10.0) -> Push | None:
+        """Everything recorded since the last snapshot, as a push; None if nothing."""
+        with self._lock:
+            cells, self._cells = self._cells, {}
+        if not cells:
+            return None
+        series = [_series(key, cell) for key, cell in cells.items()]
+        source = Source(self.service, self.instance)
+        return Push(source=source, series=series, interval_s=interval_s, side=self.side)
+
+
+def _series(key: CellKey, cell: _Cell) -> PushSeries:
+    service, route, method, caller, klass = key
+    return PushSeries(
+        service=service,
+        route=route,
+        method=method,
+        status_class=klass,
+        count=sum(cell.counts),
+        buckets=cell.counts,
+        errors=cell.errors,
+        sum=cell.sum,
+        caller=caller or None,
+    )
+
+
+@dataclass(slots=True)
+class PushStats:
+    pushed: int = 0
+    failed: int = 0
+    series_dropped: int = 0
+
+
+class StatsPusher:
+    """Posts a `Recorder`'s snapshots to a control plane every `interval` seconds.
+
+    `start()` begins the loop in the running event loop; `aclose()` stops it
+    and makes one last push (bounded by `timeout`). Cancellation of the loop is
+    clean; a push that fails (unreachable control plane, error status) is
+    dropped, counted in `stats` and logged, never raised.
+    """
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        url: str,
+        *,
+        interval: float = 10.0,
+        timeout: float = 5.0,
+        token: str | None = None,
+        client: httpx2.AsyncClient | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.endpoint = url.rstrip("/") + "/v1/stats/push"
+        self.interval = interval
+        self.timeout = timeout
+        self.stats = PushStats()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self._owns_client = client is None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def push(self) -> bool:
+        """Send what was recorded since the last push; True when accepted (or nothing to send)."""
+        push = self.recorder.snapshot(interval_s=self.interval)
+        if push is None:
+            return True
+        body = msgspec.json.encode(push)
+        headers = {**self._headers, "Content-Type": "application/json"}
+        try:
+            response = await self._client.post(self.endpoint, content=body, headers=headers)
+        except httpx2.HTTPError as exc:
+            return self._failed(push, str(exc) or type(exc).__name__)
+        if response.status_code >= 300:
+            return self._failed(push, f"status {response.status_code}: {response.text[:200]}")
+        self.stats.pushed += 1
+        return True
+
+    def _failed(self, push: Push, why: str) -> bool:
+        self.stats.failed += 1
+        self.stats.series_dropped += len(push.series)
+        log.warning("golden-signal push to %s failed (%s); dropped", self.endpoint, why)
+        return False
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.push()
+
+    async def aclose(self) -> None:
+        """Stop the loop, push what is left (within `timeout`), close the client."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout):
+                await self.push()
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> StatsPusher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
