@@ -243,3 +243,18 @@ async def test_errors_are_one_line(tmp_path: Path) -> None:
     status, err = await finished(bad)
     assert status == 2
     assert "--ttl" in err
+
+
+async def test_a_waiter_that_hangs_up_leaves_the_line(
+    sqlite_plane: ControlPlane, http: httpx2.AsyncClient
+) -> None:
+    a = (await http.post("/v1/sessions", json={"ttl": "30s"})).json()["session"]
+    b = (await http.post("/v1/sessions", json={"ttl": "30s"})).json()["session"]
+    await http.put(f"/v1/locks/hangup?session={a}")
+    with pytest.raises(httpx2.TimeoutException):  # the client gives up and closes
+        await http.put(f"/v1/locks/hangup?session={b}&wait=20s", timeout=0.5)
+    for _ in range(100):
+        if not (await http.get("/v1/locks/hangup")).json()["waiting"]:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the place of a client that hung up was kept")
