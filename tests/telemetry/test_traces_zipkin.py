@@ -31,9 +31,9 @@ def test_ids_are_normalised_as_zipkin_does() -> None:
     assert normalize_parent_id("0000000000000000") is None
     assert normalize_parent_id(None) is None
     for bad in ("", "xyz", "0" * 16, "1" * 33):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="trace id"):
             normalize_trace_id(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="span id"):
         normalize_span_id("1" * 17)
 
 
@@ -57,9 +57,11 @@ def test_decode_normalises_names_ids_and_empty_values() -> None:
     assert span.id == "000000000000000a"
     assert span.parent_id is None
     assert span.name == "get /orders"
-    assert span.timestamp is None and span.duration is None
+    assert span.timestamp is None
+    assert span.duration is None
     assert span.service == "front"
-    assert span.local_endpoint is not None and span.local_endpoint.port is None
+    assert span.local_endpoint is not None
+    assert span.local_endpoint.port is None
     assert span.remote_endpoint is None
 
 
@@ -125,7 +127,8 @@ def test_valid_spans_round_trip_and_normalising_is_idempotent(batch: list[dict[s
     again = decode_spans(encode_spans(decoded))
     assert again == decoded
     for span in decoded:
-        assert len(span.id) == 16 and len(span.trace_id) in (16, 32)
+        assert len(span.id) == 16
+        assert len(span.trace_id) in (16, 32)
         assert span.parent_id is None or len(span.parent_id) == 16
 
 
@@ -139,9 +142,10 @@ json_values = st.recursive(
 @given(json_values)
 def test_arbitrary_json_is_spans_or_a_400(value: Any) -> None:
     try:
-        decode(value)
-    except SpanFormatError as exc:
-        assert exc.status == 400
+        result = decode(value)
+    except SpanFormatError:
+        return
+    assert isinstance(result, list)
 
 
 @given(st.binary(max_size=200))
