@@ -5,10 +5,10 @@ Theory of operation
   spans keep coming; once nothing has arrived for `quiet_period` seconds it is
   *complete* and the tail sampler decides its fate, now that the whole trace
   can be seen:
-  * IMPORTANT — a span has an `error` tag, or the root's duration reaches the
-    slow threshold (a fixed setting, or else the `slow_quantile` of the
-    durations of recently completed traces once `slow_min_samples` are
-    known): always kept;
+  * IMPORTANT — a span has an `error` tag, or the root's duration is slow:
+    at least `slow_threshold` when that is set, else above the
+    `slow_quantile` of the durations of recently completed traces (once
+    `slow_min_samples` are known): always kept;
   * ORDINARY — kept with probability `keep_fraction`, decided by the trace id
     itself (its low 32 bits), so every replica of the control plane keeps the
     same traces;
@@ -392,10 +392,16 @@ class _SlowThreshold:
 
     def observe(self, duration: int) -> bool:
         """Whether `duration` (µs) is slow; then remember it."""
-        threshold = self._fixed if self._fixed is not None else self._quantile()
+        if self._fixed is not None:
+            slow = duration > 0 and duration >= self._fixed
+        else:
+            # Strictly above the quantile: when every trace takes the same
+            # time, none of them is slow.
+            quantile = self._quantile()
+            slow = quantile is not None and duration > quantile
         self._recent.append(duration)
         self._since += 1
-        return threshold is not None and duration > 0 and duration >= threshold
+        return slow
 
     def _quantile(self) -> int | None:
         if len(self._recent) < self._min:
