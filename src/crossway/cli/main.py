@@ -29,6 +29,7 @@ import typer
 
 from crossway import __version__
 from crossway.cli import config as config_cli
+from crossway.cli import coord as coord_cli
 from crossway.cli import registry as registry_cli
 from crossway.cli._common import EXIT_INTERRUPTED, fail, fail_unexpected, usage_error
 from crossway.core.durations import parse_duration
@@ -182,7 +183,11 @@ def _duration(flag: str, text: str) -> float:
 
 Register = Callable[[typer.Typer], None]
 
-COMMANDS: tuple[Register, ...] = (registry_cli.register, config_cli.register)
+COMMANDS: tuple[Register, ...] = (
+    registry_cli.register,
+    config_cli.register,
+    coord_cli.register,
+)
 """Sub-command modules' `register` functions (see the module header)."""
 
 for _register in COMMANDS:

@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from crossway.server.api import config, registry, system, watch
+from crossway.server.api import config, coord, registry, system, watch
 from crossway.server.context import ServerContext
 from crossway.server.errors import ErrorBoundary, handle_http_exception
 from crossway.server.middleware import BearerAuth, HttpMetrics, RequestObserver
@@ -52,6 +52,7 @@ ROUTE_PROVIDERS: tuple[RouteProvider, ...] = (
     watch.routes,
     registry.routes,
     config.routes,
+    coord.routes,
 )
 
 
