@@ -25,7 +25,7 @@ Nothing here starts a task or touches the event loop at construction, so a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +126,7 @@ class ControlPlane:
         *,
         last_event_id: str | None = None,
         read_timeout: float = SSE_READ_TIMEOUT,
-    ) -> AsyncIterator[SseEvent]:
+    ) -> AsyncGenerator[SseEvent, None]:
         """Yield the events of a Server-Sent Events stream until the server ends it.
 
         Raises `ControlPlaneUnavailable` when the stream cannot be opened or

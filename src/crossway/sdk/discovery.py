@@ -22,10 +22,15 @@ Theory of operation
   gauge) and logs one warning per outage; it follows again as soon as a
   listing succeeds, and logs that too.
 
+- A control plane whose revisions went backwards since the last listing has
+  a new store (a memory store restarted empty): its first listings miss the
+  instances that have not registered again yet. Those are kept, stale, for
+  one TTL (theirs, else 30 s), after which a listing decides alone.
+
 Invariants
 - An outage never removes an instance: only a `delete` event or a successful
-  listing changes the set. A process that cannot see the control plane keeps
-  calling the instances it last knew.
+  listing of the same store changes the set. A process that cannot see the
+  control plane keeps calling the instances it last knew.
 - `instances()` waits for at most one listing attempt (bounded by the
   settings' request timeout); afterwards every read is memory only.
 - Subscribers are called in the event loop, after the set changed, with the
@@ -53,6 +58,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from crossway.core.clock import Clock, SystemClock
+from crossway.core.durations import parse_duration
 from crossway.registry.model import Instance, check_name, parse_instance_key, service_prefix
 from crossway.resilience.backoff import Backoff, Jitter
 from crossway.sdk.control import (
@@ -69,6 +75,9 @@ Subscriber = Callable[[str, list[Instance]], None]
 SNAPSHOT_DEBOUNCE = 0.2
 """Seconds a change waits before it is written, so a burst makes one write."""
 RECONNECT = Backoff(base=0.1, cap=3.0, jitter=Jitter.EQUAL)
+DEFAULT_GRACE = 30.0
+"""Seconds instances missing from a replaced store are kept when their TTL is unknown."""
+MAX_GRACE = 300.0
 
 
 class Snapshot(msgspec.Struct):
@@ -97,13 +106,31 @@ class ServiceView:
     stale: bool = False
     from_snapshot: bool = False
     updates: int = 0
+    provisional_until: float | None = None
+    """While set, instances a new store does not list yet are still served."""
+    grace: float | None = None
+    """How long those are kept; None: the longest TTL among them."""
 
-    def listing(self, instances: Iterable[Instance], index: int) -> bool:
-        """A successful listing replaces the set; True when it changed."""
+    def listing(self, instances: Iterable[Instance], index: int, *, now: float) -> bool:
+        """A successful listing replaces the set; True when it changed.
+
+        Except when the revisions went backwards: the store behind the
+        control plane was replaced (a memory store restarted empty), and its
+        instances are still registering again. Then the instances it does not
+        list yet are kept, and the service stays stale, until they have had
+        one TTL to come back (`provisional_until`); the listing after that
+        replaces the set.
+        """
         fresh = {i.id: i for i in instances}
+        if self.known and self.instances and index < self.index:
+            self.provisional_until = now + self._grace()
+            fresh = {**self.instances, **fresh}
+        else:
+            self.provisional_until = None
         changed = not self.known or fresh != self.instances
         self.instances, self.index, self.known = fresh, index, True
-        self.stale = self.from_snapshot = False
+        self.stale = self.provisional_until is not None
+        self.from_snapshot = False
         return self._changed(changed)
 
     def apply(self, event: SseEvent) -> bool:
@@ -148,10 +175,25 @@ class ServiceView:
         self.known = True
         return self._changed(changed)
 
+    def _grace(self) -> float:
+        if self.grace is not None:
+            return self.grace
+        ttls = [_seconds(i.ttl) for i in self.instances.values()]
+        return min(MAX_GRACE, max([t for t in ttls if t is not None], default=DEFAULT_GRACE))
+
     def _changed(self, changed: bool) -> bool:
         if changed:
             self.updates += 1
         return changed
+
+
+def _seconds(ttl: str | None) -> float | None:
+    if ttl is None:
+        return None
+    try:
+        return parse_duration(ttl)
+    except ValueError:
+        return None
 
 
 def snapshot_path(cache_dir: Path, service: str) -> Path:
@@ -213,8 +255,10 @@ class DiscoveryCache:
         metrics_registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
         debounce: float = SNAPSHOT_DEBOUNCE,
+        rebuild_grace: float | None = None,
     ) -> None:
         self.control = control
+        self.rebuild_grace = rebuild_grace
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.clock = clock or SystemClock()
         self.debounce = debounce
@@ -290,6 +334,11 @@ class DiscoveryCache:
     def services(self) -> list[str]:
         return sorted(self._followers)
 
+    def view(self, service: str) -> ServiceView | None:
+        """The state behind `service` (for diagnostics and tests)."""
+        follower = self._followers.get(service)
+        return follower.view if follower is not None else None
+
     def views(self) -> Iterator[ServiceView]:
         # A snapshot of the list: the metrics collector runs in the scraping thread.
         return (f.view for f in list(self._followers.values()))
@@ -303,6 +352,7 @@ class DiscoveryCache:
             if self._stopped:
                 raise RuntimeError("this DiscoveryCache is stopped")
             follower = self._followers[service] = _Follower(service)
+            follower.view.grace = self.rebuild_grace
         if launch:
             self._started = True
             self._launch(follower)
@@ -334,13 +384,24 @@ class DiscoveryCache:
         view = follower.view
         listed, index = await self.control.instances(view.service)
         self._recovered(follower)
-        self._changed(follower, view.listing(listed, index))
+        self._changed(follower, view.listing(listed, index, now=self.clock.now()))
         follower.ready.set()
+        until = view.provisional_until
+        # While provisional, the watch is cut at the deadline to list again.
+        limit = None if until is None else max(0.0, until - self.clock.now())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await self._watch(follower, index)
+
+    async def _watch(self, follower: _Follower, index: int) -> None:
+        view = follower.view
         params: dict[str, str | int] = {"prefix": service_prefix(view.service), "after": index}
-        async for event in self.control.sse("/v1/watch", params):
-            if event.event == "compacted":
-                return  # events were lost: list again
-            self._changed(follower, view.apply(event))
+        # aclosing: leaving the loop early must close the stream now, not at GC.
+        async with contextlib.aclosing(self.control.sse("/v1/watch", params)) as events:
+            async for event in events:
+                if event.event == "compacted":
+                    return  # events were lost: list again
+                self._changed(follower, view.apply(event))
 
     def _unreachable(self, follower: _Follower, reason: str) -> None:
         view = follower.view
