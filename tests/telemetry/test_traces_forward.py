@@ -50,7 +50,7 @@ def test_targets() -> None:
         "otlp", "https://c:4318/custom"
     )
     for bad in ("http://z:9411", "jaeger+http://j", "zipkin+ftp://z", "zipkin+http://"):
-        with pytest.raises(InvalidArgument, match="forward target"):
+        with pytest.raises(InvalidArgument, match="CROSSWAY_TRACES_FORWARD"):
             parse_target(bad)
 
 

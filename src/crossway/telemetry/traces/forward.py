@@ -71,7 +71,7 @@ def parse_target(text: str) -> ForwardTarget:
     protocol, _, scheme = parts.scheme.partition("+")
     if protocol not in DEFAULT_PATHS or scheme not in ("http", "https") or not parts.netloc:
         raise InvalidArgument(
-            f"traces forward target {text!r} must look like "
+            f"CROSSWAY_TRACES_FORWARD: {text!r} must look like "
             "zipkin+http://host:9411/api/v2/spans or otlp+http://host:4318/v1/traces",
             field="CROSSWAY_TRACES_FORWARD",
         )

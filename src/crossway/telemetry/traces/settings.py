@@ -47,7 +47,7 @@ class TraceSettings:
                 max_bytes=_size(env, "MAX_MEMORY", default.max_bytes),
                 quiet_period=_duration(env, "QUIET", default.quiet_period),
                 slow_threshold=_duration(env, "SLOW", 0.0) if slow else None,
-                keep_fraction=_float(env, "KEEP", default.keep_fraction),
+                keep_fraction=_fraction(env, "KEEP", default.keep_fraction),
             )
         except ValueError as exc:
             raise InvalidArgument(f"trace store settings: {exc}") from None
@@ -72,12 +72,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(text)
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     text = _get(env, name)
     try:
-        return float(text) if text else default
+        value = float(text) if text else default
     except ValueError:
-        raise _bad(name, text, "a number") from None
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise _bad(name, text, "a fraction between 0 and 1")
+    return value
 
 
 def _duration(env: Mapping[str, str], name: str, default: float) -> float:
