@@ -144,7 +144,7 @@ def test_crossway_trace_prints_a_waterfall(server_url: str) -> None:
     out = result.output
     assert "5 spans" in out
     assert "2 services" in out
-    assert "1 errors" in out
+    assert "1 error" in out
     for name in ("op1", "op2", "op3", "op4", "op9"):
         assert name in out
     assert "✗ boom" in out

@@ -135,7 +135,7 @@ def render_waterfall(spans: Sequence[Span]) -> Table:
     title = f"trace {spans[0].trace_id if spans else '?'} · {len(spans)} spans · "
     title += f"{len(services)} services · {format_micros(total)}"
     if errors:
-        title += f" · [red]{errors} errors[/]"
+        title += f" · [red]{errors} error{'s' if errors > 1 else ''}[/]"
     table = Table("SERVICE", "SPAN", "TIMELINE", "DURATION", "", title=title, box=None)
     for row in waterfall(spans):
         span = row.span
