@@ -268,7 +268,7 @@ def totals_json(totals: Totals) -> dict[str, Any]:
     return {
         "requests": totals.requests,
         "errors": totals.errors,
-        "rps": round(totals.rps, 4),
+        "rps": float(f"{totals.rps:.6g}"),
         "success_rate": _round(totals.success_rate, 6),
         "p50_ms": _ms(totals.quantile(0.5)),
         "p95_ms": _ms(totals.quantile(0.95)),
