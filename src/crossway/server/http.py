@@ -8,6 +8,8 @@
   (`decode_json` is the same decoding for bytes already in hand).
 - `error_response(exc)`: any `CrosswayError` as `{"error": {"code", "message"}}`.
 - `context_of(request)`: the `ServerContext` the app was built with.
+- `QuietRoute`: a route whose successful answers are logged at debug level
+  (heartbeats: at thousands a second they would drown the access log).
 
 Invariant: nothing here ever puts a traceback or a Python repr into a response;
 messages are written for the API's users.
@@ -23,6 +25,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from crossway.core.errors import CrosswayError, InvalidArgument
 from crossway.server.context import ServerContext
@@ -44,6 +47,10 @@ class MalformedJSON(InvalidArgument):
 class PayloadTooLarge(CrosswayError):
     code = "payload_too_large"
     status = 413
+
+
+class QuietRoute(Route):
+    """A `Route` whose successful answers the access log writes at debug level."""
 
 
 def json_response(

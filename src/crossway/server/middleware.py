@@ -16,6 +16,16 @@ The stack, outermost first (see `crossway.server.app`):
   standard set count as `other`, so label cardinality is bounded whatever
   clients send. Requests that never reached a route (404s, and requests
   refused by auth, which runs before routing) are labelled `unmatched`.
+  The labelled children are looked up once per (method, route, status) and
+  kept: `labels()` validates and locks on every call, a measurable share of
+  a request that costs tens of microseconds.
+- Access log levels (`access_level`): probes (`/healthz`, `/readyz`,
+  `/metrics`) always at debug; otherwise 5xx at warning, 4xx and requests
+  that never got an answer at info, successful changes (PUT, POST, DELETE …) at
+  info, and successful reads (GET, HEAD, OPTIONS) and heartbeats (routes
+  declared as `QuietRoute`) at debug, as Consul logs its HTTP API. At tens of
+  thousands of requests a second a line per read or renewal would cost more
+  than answering them, and would drown the lines that matter.
   Names, bucket bounds and label helpers come from `crossway.telemetry.metrics`
   (the conventions every Crossway process follows). The control plane is one
   service, so its series carry no `service` label: Prometheus' `job` label
@@ -31,13 +41,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crossway.core.clock import Clock
 from crossway.core.errors import Unauthorized
-from crossway.server.http import error_response
+from crossway.server.http import QuietRoute, error_response
 from crossway.telemetry.metrics import (
     HTTP_SERVER_DURATION,
     HTTP_SERVER_IN_FLIGHT,
@@ -80,9 +91,34 @@ class HttpMetrics:
             registry=registry,
         )
 
+        # (method, route, status) -> its children; bounded, as the labels are.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, status_class(status)).inc()
-        self.duration.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, status_class(status)),
+                self.duration.labels(method, route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def access_level(method: str, status: int, *, quiet: bool) -> int:
+    """The level of a request's access log line; see the module header."""
+    if status >= 500:
+        return logging.WARNING
+    if status >= 400 or status == 0:
+        return logging.INFO
+    if quiet or method in READ_METHODS:
+        return logging.DEBUG
+    return logging.INFO
 
 
 def route_label(scope: Scope) -> str:
@@ -122,7 +158,10 @@ class RequestObserver:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         method, route = method_label(scope["method"]), route_label(scope)
         self.metrics.observe(method, route, status, seconds)
-        level = logging.DEBUG if scope["path"] in PROBE_PATHS else logging.INFO
+        if scope["path"] in PROBE_PATHS:
+            level = logging.DEBUG  # probes come every few seconds, whatever they answer
+        else:
+            level = access_level(method, status, quiet=isinstance(scope.get("route"), QuietRoute))
         if not access_log.isEnabledFor(level):
             return
         client = scope.get("client")

@@ -40,7 +40,7 @@ from crossway.registry.guard import PreservationGuard
 from crossway.registry.model import SETTINGS_PREFIX, check_name
 from crossway.server.blocking import BlockingParams, first_of, jittered_wait
 from crossway.server.context import ServerContext
-from crossway.server.http import json_response, read_json
+from crossway.server.http import QuietRoute, json_response, read_json
 from crossway.store import Store
 
 _encoder = msgspec.json.Encoder()
@@ -108,8 +108,8 @@ class RegistryApi:
             Route(instance, self.deregister, methods=["DELETE"]),
             Route("/v1/services/{service}/settings", self.get_settings, methods=["GET"]),
             Route("/v1/services/{service}/settings", self.put_settings, methods=["PUT"]),
-            Route("/v1/leases/{lease}/keepalive", self.keepalive, methods=["PUT"]),
-            Route("/v1/leases/keepalive", self.keepalive_many, methods=["POST"]),
+            QuietRoute("/v1/leases/{lease}/keepalive", self.keepalive, methods=["PUT"]),
+            QuietRoute("/v1/leases/keepalive", self.keepalive_many, methods=["POST"]),
             Route("/v1/registry/self-preservation", self.preservation, methods=["GET"]),
             Route("/v1/registry/self-preservation", self.lift, methods=["DELETE"]),
         ]
