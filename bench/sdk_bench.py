@@ -1,0 +1,221 @@
+"""Per-call overhead of the Crossway HTTP client over plain httpx2 (and httpx).
+
+One HTTP/1.1 keep-alive server (raw asyncio, fixed 11-byte JSON answer) runs
+on loopback in a subprocess. In this process, each row sends sequential GETs
+to it: the plain client to `http://127.0.0.1:<port>/items/1`, the Crossway
+client to `http://bench/items/1`, which resolves through discovery (a static
+in-memory cache holding that one instance) and runs the full stack:
+balancer, retries with a budget, circuit breaker, outlier detection and a
+traceparent header. Rows take turns in blocks of BLOCK calls, ROUNDS times,
+so drift on the shared machine hits them alike.
+
+Latency: p50/p99 over every call of a row (perf_counter_ns around the
+awaited request, body read). CPU: process time per call (the server is in
+another process), the median over the row's blocks. Targets: <= 15% extra
+latency at p50 and <= 25 µs of extra CPU per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+
+from crossway.registry.model import Instance
+from crossway.sdk.policies import BreakerSpec, CallPolicy, OutlierSpec, RetrySpec
+from crossway.sdk.transport import CrosswaySyncTransport, CrosswayTransport
+
+ROUNDS = 6
+BLOCK = 1000
+WARMUP = 300
+P50_TARGET = 0.15
+CPU_TARGET_US = 25.0
+SERVICE = "bench"
+POLICY = CallPolicy(retries=RetrySpec(), breaker=BreakerSpec(), outlier=OutlierSpec())
+
+SERVER = r"""
+import asyncio, sys
+ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+          b"content-length: 11\r\n\r\n{\"ok\":true}")
+
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+    def data_received(self, data):
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            self.buffer = self.buffer[end + 4:]
+            self.transport.write(ANSWER)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)  # until the bench goes away
+
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+class StaticDiscovery:
+    """A discovery cache that always knows one instance."""
+
+    def __init__(self, port: int) -> None:
+        self._instances = [Instance(SERVICE, "bench-1", "127.0.0.1", port)]
+
+    async def instances(self, service: str) -> list[Instance]:
+        return list(self._instances)
+
+    def peek(self, service: str) -> list[Instance] | None:
+        return list(self._instances)
+
+    def subscribe(self, service: str, callback: Callable[[str, list[Instance]], None]) -> Any:
+        return lambda: None
+
+
+@dataclass
+class Row:
+    name: str
+    latencies: list[int] = field(default_factory=list)
+    cpu_per_call: list[float] = field(default_factory=list)
+
+    def record(self, latencies: list[int], cpu: float) -> None:
+        self.latencies.extend(latencies)
+        self.cpu_per_call.append(cpu / len(latencies))
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+
+    @property
+    def cpu_us(self) -> float:
+        return statistics.median(self.cpu_per_call) * 1e6
+
+
+async def _block_async(get: Callable[[], Awaitable[Any]], n: int) -> tuple[list[int], float]:
+    latencies = []
+    cpu = time.process_time()
+    for _ in range(n):
+        began = time.perf_counter_ns()
+        await get()
+        latencies.append(time.perf_counter_ns() - began)
+    return latencies, time.process_time() - cpu
+
+
+def _block_sync(get: Callable[[], Any], n: int) -> tuple[list[int], float]:
+    latencies = []
+    cpu = time.process_time()
+    for _ in range(n):
+        began = time.perf_counter_ns()
+        get()
+        latencies.append(time.perf_counter_ns() - began)
+    return latencies, time.process_time() - cpu
+
+
+async def async_pair(port: int, make: Callable[..., Any], crossway: type[Any]) -> list[Row]:
+    """Plain vs Crossway async clients of one library, interleaved."""
+    plain = make()
+    ours = make(transport=crossway(StaticDiscovery(port), policies={SERVICE: POLICY}))
+    direct, named = f"http://127.0.0.1:{port}/items/1", f"http://{SERVICE}/items/1"
+    rows = [Row("plain"), Row("crossway")]
+    gets = [lambda: plain.get(direct), lambda: ours.get(named)]
+    try:
+        for get in gets:
+            await _block_async(get, WARMUP)
+        for _ in range(ROUNDS):
+            for row, get in zip(rows, gets, strict=True):
+                row.record(*await _block_async(get, BLOCK))
+    finally:
+        await plain.aclose()
+        await ours.aclose()
+    return rows
+
+
+def sync_pair(port: int) -> list[Row]:
+    plain = httpx2.Client()
+    transport = CrosswaySyncTransport(StaticDiscovery(port), policies={SERVICE: POLICY})
+    ours = httpx2.Client(transport=transport)
+    direct, named = f"http://127.0.0.1:{port}/items/1", f"http://{SERVICE}/items/1"
+    rows = [Row("plain"), Row("crossway")]
+    gets = [lambda: plain.get(direct), lambda: ours.get(named)]
+    try:
+        for get in gets:
+            _block_sync(get, WARMUP)
+        for _ in range(ROUNDS):
+            for row, get in zip(rows, gets, strict=True):
+                row.record(*_block_sync(get, BLOCK))
+    finally:
+        plain.close()
+        ours.close()
+    return rows
+
+
+def report(title: str, rows: list[Row]) -> None:
+    plain, ours = rows
+    print(f"\n{title}: {len(plain.latencies)} calls per row")
+    print(f"  {'row':<10} {'p50 µs':>9} {'p99 µs':>9} {'CPU µs/call':>12}")
+    for row in rows:
+        p50, p99 = row.quantile(0.50), row.quantile(0.99)
+        print(f"  {row.name:<10} {p50:>9.1f} {p99:>9.1f} {row.cpu_us:>12.1f}")
+    extra_p50 = ours.quantile(0.50) / plain.quantile(0.50) - 1.0
+    extra_p99 = ours.quantile(0.99) / plain.quantile(0.99) - 1.0
+    extra_cpu = ours.cpu_us - plain.cpu_us
+    p50_ok = "meets" if extra_p50 <= P50_TARGET else "OVER"
+    cpu_ok = "meets" if extra_cpu <= CPU_TARGET_US else "OVER"
+    print(f"  extra latency p50 {extra_p50:+.1%} ({p50_ok} target {P50_TARGET:.0%}),", end="")
+    print(f" p99 {extra_p99:+.1%}")
+    print(f"  extra CPU {extra_cpu:+.1f} µs/call ({cpu_ok} target {CPU_TARGET_US:g} µs)")
+
+
+def start_server() -> tuple[subprocess.Popen[str], int]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    return process, int(process.stdout.readline())
+
+
+async def run_async(port: int) -> None:
+    report("httpx2.AsyncClient", await async_pair(port, httpx2.AsyncClient, CrosswayTransport))
+    if importlib.util.find_spec("httpx") is not None:
+        import httpx
+
+        from crossway.sdk.transport_httpx import CrosswayHttpxTransport
+
+        report(
+            "httpx.AsyncClient", await async_pair(port, httpx.AsyncClient, CrosswayHttpxTransport)
+        )
+
+
+def main() -> None:
+    print(__doc__.split("\n\n")[0])
+    print(f"policy: {POLICY!r}")
+    process, port = start_server()
+    try:
+        try:
+            import uvloop
+
+            uvloop.run(run_async(port))
+        except ImportError:
+            asyncio.run(run_async(port))
+        report("httpx2.Client (blocking)", sync_pair(port))
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(10)
+
+
+if __name__ == "__main__":
+    main()
