@@ -25,16 +25,19 @@ A client is started once; after `stop()` make a new one.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 from prometheus_client import CollectorRegistry
 
 from crossway.core.clock import Clock, SystemClock
+from crossway.core.durations import parse_duration
 from crossway.sdk.control import ControlPlane
+from crossway.sdk.coordination import Callback, Leader, Lock, ScheduledJob, job_election
 from crossway.sdk.discovery import DiscoveryCache
 from crossway.sdk.registration import Registrar, registration_body
 from crossway.sdk.settings import ClientSettings, InvalidSettings
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from crossway.sdk.config import BoundConfig  # type: ignore[import-not-found,unused-ignore]
 
 M = TypeVar("M")
+F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("crossway.sdk")
 
@@ -81,7 +85,10 @@ class Client:
         )
         self._instance_id = settings.instance_id
         self._registrar: Registrar | None = None
+        self._helpers: list[Leader | ScheduledJob] = []
         self._state = "new"
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the client was started in (for sync callers in other threads)."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -100,11 +107,14 @@ class Client:
         if self._state != "new":
             raise RuntimeError(f"this client is already {self._state}; make a new one")
         self._state = "started"
+        self.loop = asyncio.get_running_loop()
         self._instance_id = self.settings.resolved_instance_id()
         try:
             await self.discovery.start()
             if self.register:
                 await self._start_registration()
+            for helper in self._helpers:
+                helper.start()
         except BaseException:
             await self._shutdown(deregister=False)
             raise
@@ -148,6 +158,8 @@ class Client:
     async def _shutdown(self, *, deregister: bool) -> None:
         self._state = "stopped"
         try:
+            for helper in reversed(self._helpers):
+                await helper.stop()  # resign first: another process takes over at once
             if self._registrar is not None:
                 await self._registrar.stop(deregister=deregister)
         finally:
@@ -176,6 +188,103 @@ class Client:
     def registrations(self) -> int:
         """Successful registrations so far (1 after start, more after re-registrations)."""
         return self._registrar.registrations if self._registrar is not None else 0
+
+    # -- coordination ----------------------------------------------------------------
+
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl: str | float = "10s",
+        wait: str | float | None = None,
+        cancel_on_loss: bool = True,
+    ) -> Lock:
+        """A lock for `async with client.lock("name") as fence:`.
+
+        `ttl` bounds how long a crashed holder keeps it; `wait` how long to
+        wait for it (None: as long as it takes; `LockNotAcquired` after).
+        If the lock's session is lost while the block runs, the block is
+        cancelled and `LockLost` raised (see crossway.sdk.coordination): send
+        `fence` with every write so storage can refuse a holder overtaken
+        anyway (docs/coordination.md, "Fencing tokens").
+        """
+        return Lock(
+            self.control,
+            name,
+            ttl=parse_duration(ttl),
+            wait=None if wait is None else parse_duration(wait),
+            session_name=f"{self.instance_id} lock {name}",
+            cancel_on_loss=cancel_on_loss,
+            clock=self.clock,
+        )
+
+    def leader(
+        self,
+        name: str,
+        *,
+        value: str | None = None,
+        on_elected: Callback | None = None,
+        on_revoked: Callback | None = None,
+        ttl: str | float = "10s",
+    ) -> Leader:
+        """Campaign for leadership of `name` while this client runs.
+
+        `on_elected(fence)` and `on_revoked()` may be plain or async
+        functions; an `on_elected` coroutine still running when leadership
+        ends is cancelled. `value` (default: the instance id) is what the
+        others learn about the leader. Campaigning starts with the client (or
+        at once if it already runs) and ends with `stop()`, which resigns.
+        """
+        leader = Leader(
+            self.control,
+            name,
+            value=value if value is not None else self.instance_id,
+            ttl=parse_duration(ttl),
+            session_name=f"{self.instance_id} leader {name}",
+            on_elected=on_elected,
+            on_revoked=on_revoked,
+            clock=self.clock,
+        )
+        self._adopt(leader)
+        return leader
+
+    def scheduled(
+        self, every: str | float = "1m", *, name: str | None = None, ttl: str | float = "10s"
+    ) -> Callable[[F], F]:
+        """Decorator: run the function every `every` on one process of the
+        cluster only — the leader of election `job.<name>` (default name: the
+        function's module and qualified name). The function is returned
+        unchanged; see `ScheduledJob` for overlapping and failing runs."""
+        period = parse_duration(every)
+
+        def decorate(fn: F) -> F:
+            election = job_election(name or f"{fn.__module__}.{fn.__qualname__}")
+
+            def make_leader(on_elected: Callback) -> Leader:
+                return self._leader_for_job(election, on_elected, parse_duration(ttl))
+
+            self._adopt(ScheduledJob(fn, every=period, leader=make_leader, clock=self.clock))
+            return fn
+
+        return decorate
+
+    def _leader_for_job(self, election: str, on_elected: Callback, ttl: float) -> Leader:
+        return Leader(
+            self.control,
+            election,
+            value=self.instance_id,
+            ttl=ttl,
+            session_name=f"{self.instance_id} job {election}",
+            on_elected=on_elected,
+            clock=self.clock,
+        )
+
+    def _adopt(self, helper: Leader | ScheduledJob) -> None:
+        if self._state == "stopped":
+            raise RuntimeError("this client is stopped")
+        self._helpers.append(helper)
+        if self._state == "started":
+            helper.start()
 
     # -- accessors implemented by other modules, imported on first use ------------
 
