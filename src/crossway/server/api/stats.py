@@ -1,7 +1,7 @@
 """HTTP API of the golden signals and the alerts.
 
     POST   /v1/stats/push                                 pre-aggregated signals (202)
-    GET    /v1/stats?service=&route=&method=&window=1m&series=true
+    GET    /v1/stats?service=&route=&method=&by=&window=1m&series=true
     GET    /v1/edges?service=&caller=&window=1m&series=true
     GET    /v1/alerts                                     active alerts and recent history
     GET    /v1/alerts/rules                               the rule document in force
@@ -18,7 +18,9 @@ Windows (`window=`) are durations from 10s to 24h — typically 10s, 1m, 5m,
 1h, 24h — read at 10 s resolution up to an hour and 1 min beyond.
 `GET /v1/stats` without `service` answers one row per service; with
 `service` one row per route of it plus the service's `total`; `route` alone
-lists that route across services. Latencies are in milliseconds.
+lists that route across services; `by=service|route` chooses the rows
+explicitly (`by=route`: every route of every service). Latencies are in
+milliseconds.
 
 Alert rules come from the store key `/alerts/rules` (written by `PUT`, shared
 by every control plane on the same store, followed by a watch) and otherwise
@@ -205,7 +207,7 @@ class StatsApi:
         service = query.get("service") or None
         route = query.get("route") or None
         method = query.get("method") or None
-        kind: Kind = "route" if service or route or method else "service"
+        kind = _kind(query.get("by"), narrowed=bool(service or route or method))
         rows = self.aggregator.stats(
             kind, window, service=service, route=route, method=method, points=points
         )
@@ -306,6 +308,15 @@ def _listing(kind: str, window: float, rows: list[Stat]) -> dict[str, Any]:
         "kind": kind,
         "rows": [row.to_json() for row in rows],
     }
+
+
+def _kind(by: str | None, *, narrowed: bool) -> Kind:
+    """Rows per service or per route: `by=` when given, else routes once narrowed."""
+    if by is None or by == "":
+        return "route" if narrowed else "service"
+    if by not in ("service", "route"):
+        raise InvalidArgument("by must be service or route", field="by")
+    return "route" if by == "route" else "service"
 
 
 def _window(text: str | None) -> float:
