@@ -8,12 +8,20 @@ when that service changes (Consul's per-result index), not on every write.
 `leases` counts the instances bound to each lease, kept up to date change by
 change, so the self-preservation guard never has to walk every instance.
 
+Answers are remembered per service (`memo`): a discovery query of a service
+that has not changed since the last one is served from the bytes encoded
+then, not re-sorted and re-encoded. Waiters wait on their own service
+(`wait_change(..., service=…)`), so a change wakes the blocking queries of that
+service only, not every long poll on the control plane.
+
 Invariants
 1. `revision` is the store revision the view reflects; it only grows.
 2. After a `CompactedError` (the watch fell too far behind) the view is
    rebuilt from a fresh list, and every waiter is woken to re-read.
 3. `leases[id]` is the number of instances in the view bound to lease `id`;
    a lease with no instance has no entry.
+4. A service's memo is emptied by every change to the service and by a
+   re-list, so it never holds an answer older than the service.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -31,11 +40,14 @@ from crossway.store import CompactedError, Event, EventType, Store
 
 log = logging.getLogger("crossway.registry")
 
+T = TypeVar("T")
+
 
 @dataclass(slots=True)
 class ServiceEntry:
     instances: dict[str, Instance] = field(default_factory=dict)
     modified: int = 0
+    memo: dict[Hashable, Any] = field(default_factory=dict)
 
 
 Listener = Callable[[str, str, Instance | None, Instance | None], None]
@@ -50,6 +62,8 @@ class Catalog:
         self.revision = 0
         self.modified = 0
         self._changed = asyncio.Event()
+        self._service_changed: dict[str, asyncio.Event] = {}
+        self._touched: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         self._ready = asyncio.Event()
@@ -82,6 +96,7 @@ class Catalog:
         self.modified = listing.revision
         for entry in self.services.values():
             entry.modified = max(entry.modified, 1)
+        self._touched.update(old, self.services)
         self._ready.set()
         self._wake()
 
@@ -123,6 +138,8 @@ class Catalog:
         entry = self.services.setdefault(service, ServiceEntry())
         old = entry.instances.get(instance_id)
         entry.instances[instance_id] = instance
+        entry.memo.clear()
+        self._touched.add(service)
         self._count_lease(old, -1)
         self._count_lease(instance, 1)
         entry.modified = revision
@@ -138,6 +155,8 @@ class Catalog:
         if entry is None:
             return
         old = entry.instances.pop(instance_id, None)
+        entry.memo.clear()
+        self._touched.add(service)
         self._count_lease(old, -1)
         entry.modified = revision
         self.modified = revision
@@ -168,6 +187,26 @@ class Catalog:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        for service in self._touched:
+            event = self._service_changed.pop(service, None)
+            if event is not None:
+                event.set()
+        self._touched.clear()
+
+    def memo(self, service: str, key: Hashable, build: Callable[[], T]) -> T:
+        """`build()`, remembered under `key` until `service` next changes.
+
+        Not remembered for a service the catalog does not know (nothing would
+        ever forget it). `build` must depend on nothing but the service's
+        instances and `key`."""
+        entry = self.services.get(service)
+        if entry is None:
+            return build()
+        try:
+            found: T = entry.memo[key]
+        except KeyError:
+            found = entry.memo[key] = build()
+        return found
 
     def service_index(self, service: str) -> int:
         entry = self.services.get(service)
@@ -184,13 +223,28 @@ class Catalog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def wait_change(self, index_of: Callable[[], int], after: int, timeout: float) -> None:
-        """Block until `index_of()` passes `after` or `timeout` elapses."""
+    async def wait_change(
+        self,
+        index_of: Callable[[], int],
+        after: int,
+        timeout: float,
+        *,
+        service: str | None = None,
+    ) -> None:
+        """Block until `index_of()` passes `after` or `timeout` elapses.
+
+        With `service`, only a change to that service (or a re-list) wakes the
+        wait to look at `index_of()` again; `index_of` must then depend on that
+        service alone. Cancellation propagates and leaves nothing behind."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while index_of() <= after:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
+            if service is None:
+                event = self._changed
+            else:
+                event = self._service_changed.setdefault(service, asyncio.Event())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                await asyncio.wait_for(event.wait(), remaining)

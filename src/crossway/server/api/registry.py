@@ -161,17 +161,35 @@ class RegistryApi:
     async def get_service(self, request: Request) -> Response:
         service = check_name(request.path_params["service"], "service")
         catalog = self.registry.catalog
-        await self._block(request, lambda: catalog.service_index(service))
+        await self._block(request, lambda: catalog.service_index(service), service)
         query = request.query_params
-        found = self.registry.discover(
-            service,
-            healthy=_flag(query.get("healthy"), "healthy"),
-            zone=query.get("zone") or None,
-            tag=query.get("tag") or None,
-        )
-        instances = [self._mark_stale(i) for i in found.instances]
-        headers = {"X-Crossway-Protected": "true"} if found.protected else None
-        return json_response(instances, index=found.index, headers=headers)
+        healthy = _flag(query.get("healthy"), "healthy")
+        zone, tag = query.get("zone") or None, query.get("tag") or None
+        body, protected = self._instances(service, healthy, zone, tag)
+        headers = {"X-Crossway-Protected": "true"} if protected else None
+        return json_response(msgspec.Raw(body), index=catalog.revision, headers=headers)
+
+    def _instances(
+        self, service: str, healthy: bool, zone: str | None, tag: str | None
+    ) -> tuple[bytes, bool]:
+        """The encoded answer of a discovery query, and whether the protect
+        threshold made it return every instance.
+
+        Unfiltered answers are remembered by the catalog until the service
+        changes (encoding 100 instances costs more than the rest of the
+        request). Filtered ones are not: clients choose the filters, and a memo
+        keyed by them could grow without bound. Nor are answers while
+        self-preservation marks instances stale: that depends on the guard."""
+
+        def build() -> tuple[bytes, bool]:
+            found = self.registry.discover(service, healthy=healthy, zone=zone, tag=tag)
+            instances = [self._mark_stale(i) for i in found.instances]
+            return _encoder.encode(instances), found.protected
+
+        if zone is not None or tag is not None or self.guard.last.stale:
+            return build()
+        threshold = self.registry.protect_thresholds.get(service, 0.0)
+        return self.registry.catalog.memo(service, ("instances", healthy, threshold), build)
 
     def _mark_stale(self, instance: Instance) -> Instance:
         if self.guard.is_stale(instance.lease):
@@ -217,14 +235,16 @@ class RegistryApi:
     def _index(self) -> int:
         return self.registry.catalog.revision
 
-    async def _block(self, request: Request, index_of: Callable[[], int]) -> None:
+    async def _block(
+        self, request: Request, index_of: Callable[[], int], service: str | None = None
+    ) -> None:
         params = BlockingParams.parse(request.query_params)
         if params.index is None or params.wait <= 0 or self.stopping.is_set():
             return
         if params.index > self.registry.catalog.revision:
             return  # not an index of this store: answer so the client resyncs
         wait = jittered_wait(params.wait, random.random())
-        change = self.registry.catalog.wait_change(index_of, params.index, wait)
+        change = self.registry.catalog.wait_change(index_of, params.index, wait, service=service)
         await first_of([change, self.stopping.wait()], seconds=wait)
 
 
