@@ -7,11 +7,9 @@ each test works in a config namespace of its own (`namespace`).
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx2
 import pytest
@@ -23,45 +21,8 @@ from crossway.server.api import config as config_api
 from crossway.server.app import create_app
 from crossway.server.context import ServerContext
 from crossway.store import Store
-from crossway.store.memory import open_memory_store
-from crossway.store.sqlite import open_sqlite_store
-from crossway.testing.etcd import EtcdProcess, etcd_binary, start_etcd
-from crossway.testing.services import require
 
 _counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def config_etcd() -> Iterator[EtcdProcess]:
-    require(etcd_binary() is not None, "etcd is not installed (run scripts/ensure-etcd)")
-    etcd = start_etcd(unsafe_no_fsync=True)
-    yield etcd
-    etcd.stop()
-
-
-async def open_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
-    if kind == "memory":
-        return open_memory_store()
-    if kind == "sqlite":
-        return await open_sqlite_store(tmp_path / "store.db")
-    require(
-        importlib.util.find_spec("crossway.store.etcd") is not None,
-        "the etcd store backend (crossway.store.etcd) is not built yet",
-    )
-    from crossway.store.etcd import open_etcd_store
-
-    server: EtcdProcess = request.getfixturevalue("config_etcd")
-    store: Store = await open_etcd_store([server.endpoint])
-    return store
-
-
-@pytest.fixture(params=["memory", "sqlite", "etcd"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = await open_backend(request.param, tmp_path, request)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture

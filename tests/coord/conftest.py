@@ -7,61 +7,23 @@ one test stay visible to the next on a shared etcd).
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from crossway.coord import Coordination
 from crossway.store import Store
-from crossway.store.memory import open_memory_store
-from crossway.store.sqlite import open_sqlite_store
-from crossway.testing.etcd import EtcdProcess, etcd_binary, start_etcd
-from crossway.testing.services import require
+from crossway.testing.stores import etcd_endpoint_of, open_backend
 
 _counter = itertools.count()
-
-
-def etcd_backend_built() -> bool:
-    return importlib.util.find_spec("crossway.store.etcd") is not None
-
-
-@pytest.fixture(scope="session")
-def coord_etcd() -> Iterator[EtcdProcess]:
-    require(etcd_binary() is not None, "etcd is not installed (run scripts/ensure-etcd)")
-    etcd = start_etcd(unsafe_no_fsync=True)
-    yield etcd
-    etcd.stop()
-
-
-async def open_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
-    if kind == "memory":
-        return open_memory_store()
-    if kind == "sqlite":
-        return await open_sqlite_store(tmp_path / "store.db")
-    require(etcd_backend_built(), "the etcd store backend (crossway.store.etcd) is not built yet")
-    from crossway.store.etcd import open_etcd_store
-
-    server: EtcdProcess = request.getfixturevalue("coord_etcd")
-    store: Store = await open_etcd_store([server.endpoint])
-    return store
-
-
-@pytest.fixture(params=["memory", "sqlite", "etcd"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = await open_backend(request.param, tmp_path, request)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
 async def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """The backends a deployment runs on, for the heavier tests."""
-    s = await open_backend(request.param, tmp_path, request)
+    s = await open_backend(request.param, tmp_path, etcd_endpoint_of(request))
     try:
         yield s
     finally:

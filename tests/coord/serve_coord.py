@@ -1,4 +1,4 @@
-"""A control plane serving the coordination API, as its own process.
+"""A control plane (the coordination API among the rest), as its own process.
 
     python serve_coord.py PORT STORE DATA_DIR [ETCD_ENDPOINT]
 
@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from crossway.server import ServerSettings, serve
-from crossway.server.api.coord import routes
 from crossway.server.logs import configure_logging
 
 
@@ -32,7 +31,7 @@ def main() -> None:
     settings.check()
     configure_logging(settings.log_level, settings.log_format)
     with asyncio.Runner() as runner:
-        runner.run(serve(settings, extra=[routes]))
+        runner.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ import httpx2
 import pytest
 
 from crossway.testing.etcd import EtcdProcess
-from crossway.testing.services import free_port, require
-
-from .conftest import etcd_backend_built
+from crossway.testing.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -61,8 +59,7 @@ def _start_plane(store: str, tmp_path: Path, etcd: EtcdProcess | None) -> Contro
 def plane(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ControlPlane]:
     etcd = None
     if request.param == "etcd":
-        require(etcd_backend_built(), "the etcd store backend is not built yet")
-        etcd = request.getfixturevalue("coord_etcd")
+        etcd = request.getfixturevalue("etcd_server")
     cp = _start_plane(request.param, tmp_path, etcd)
     yield cp
     cp.stop()

@@ -40,7 +40,7 @@ def span(trace: str, span_id: str, **fields: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def api(ctx: ServerContext) -> AsyncIterator[httpx2.AsyncClient]:
-    app = create_app(ctx, extra=[traces.routes])
+    app = create_app(ctx)
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
@@ -345,7 +345,7 @@ async def test_the_official_otel_sdk_exports_and_zipkin_queries_return_the_tree(
     require(
         _otel_available(), "the OpenTelemetry SDK and its Zipkin/OTLP exporters are not installed"
     )
-    app = create_app(ctx, extra=[traces.routes])
+    app = create_app(ctx)
     async with live_server(app) as base:
         exporter = make_exporter(base)
         trace_id, parent_id, child_id = await asyncio.to_thread(

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from crossway.cli import trace as trace_cli
 from crossway.cli.trace import bar, format_micros, search_params, total_duration, waterfall
-from crossway.server.api import traces
 from crossway.server.app import create_app
 from crossway.server.context import ServerContext
 from crossway.server.settings import ServerSettings
@@ -104,7 +103,7 @@ def server_url() -> Iterator[str]:
 
     async def serve() -> None:
         ctx = ServerContext(store=open_memory_store(), settings=ServerSettings(store="memory"))
-        app = create_app(ctx, extra=[traces.routes])
+        app = create_app(ctx)
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
         servers.append(uvicorn.Server(config))
         await servers[0].serve()

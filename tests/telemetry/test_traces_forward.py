@@ -20,7 +20,6 @@ from starlette.routing import Route
 
 from crossway.core.errors import InvalidArgument
 from crossway.resilience.backoff import Backoff
-from crossway.server.api import traces
 from crossway.server.app import create_app
 from crossway.server.context import ServerContext
 from crossway.server.settings import ServerSettings
@@ -193,7 +192,7 @@ async def test_one_setting_makes_the_control_plane_forward(
         monkeypatch.setenv("CROSSWAY_TRACES_FORWARD", f"zipkin+http://{address}/zipkin")
         store = open_memory_store()
         ctx = ServerContext(store=store, settings=ServerSettings(store="memory"))
-        app = create_app(ctx, extra=[traces.routes])
+        app = create_app(ctx)
         await ctx.start()
         try:
             transport = httpx2.ASGITransport(app=app)

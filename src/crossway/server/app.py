@@ -40,10 +40,11 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from crossway.server.api import config, coord, registry, system, watch
+from crossway.server.api import config, coord, registry, system, traces, watch
 from crossway.server.context import ServerContext
 from crossway.server.errors import ErrorBoundary, handle_http_exception
 from crossway.server.middleware import BearerAuth, HttpMetrics, RequestObserver
+from crossway.telemetry.logging import TraceLogContext
 
 RouteProvider = Callable[[ServerContext], Sequence[BaseRoute]]
 
@@ -53,6 +54,7 @@ ROUTE_PROVIDERS: tuple[RouteProvider, ...] = (
     registry.routes,
     config.routes,
     coord.routes,
+    traces.routes,
 )
 
 
@@ -80,6 +82,8 @@ def create_app(
 
 def _middleware(ctx: ServerContext) -> list[Middleware]:
     stack = [
+        # Outermost, so the access log and every handler see the request's trace ids.
+        Middleware(TraceLogContext),
         Middleware(RequestObserver, metrics=_metrics(ctx), clock=ctx.clock),
         Middleware(ErrorBoundary),
     ]
@@ -117,7 +121,7 @@ def _check_unique(routes: Sequence[BaseRoute]) -> None:
     for route in routes:
         if not isinstance(route, Route):
             continue
-        for method in route.methods or {"*"}:
+        for method in sorted(route.methods or {"*"}):
             key = (method, route.path)
             if key in seen:
                 raise ValueError(f"two routes claim {method} {route.path}")

@@ -6,6 +6,7 @@ pipe, so a chatty server can never block on a full pipe.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -112,3 +113,20 @@ def running_server(**kwargs: object) -> Iterator[CrosswayServer]:
         yield server
     finally:
         server.stop()
+
+
+_shared: dict[str, CrosswayServer] = {}
+
+
+def shared_server(store: str = "memory") -> CrosswayServer:
+    """One server per store for the whole test process, stopped when it exits.
+
+    For test modules that only need *a* control plane (each using names of
+    its own): starting a server costs seconds, so many modules share one. A
+    test that stops or restarts its server must start its own instead.
+    """
+    server = _shared.get(store)
+    if server is None or server.process.poll() is not None:
+        server = _shared[store] = start_server(store=store)
+        atexit.register(server.stop)
+    return server
