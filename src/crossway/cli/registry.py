@@ -102,8 +102,7 @@ def register_instance(
     token: Token = None,
     json: Json = False,
 ) -> None:
-    """Register (or update) an instance by hand. Without a check it lives as
-    long as its lease: renew it with `PUT /v1/leases/LEASE/keepalive`."""
+    """Register (or update) an instance by hand; renew its lease with keepalives."""
 
     def action() -> None:
         body: dict[str, Any] = {"address": address, "port": port}
