@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol
 
@@ -291,10 +292,22 @@ def decode_policy(raw: bytes | str) -> CallPolicy:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        field = message.rpartition(" - at `")[2].rstrip("`") if " - at `" in message else "$"
-        raise InvalidArgument(message, field=field) from None
+        raise InvalidArgument(message, field=_field_of(message)) from None
     except msgspec.DecodeError as exc:
         raise InvalidArgument(f"not valid JSON: {exc}", field="$") from None
+
+
+_AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+
+
+def _field_of(message: str) -> str:
+    """The JSON path msgspec's message is about, down to a named field
+    ("unknown field `x` - at `$.retries`" is about `$.retries.x`)."""
+    at = _AT_PATH.search(message)
+    path = at.group(1) if at else "$"
+    named = _NAMED_FIELD.search(message)
+    return f"{path}.{named.group(1)}" if named else path
 
 
 def encode_policy(policy: CallPolicy) -> bytes:
