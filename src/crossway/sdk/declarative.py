@@ -35,7 +35,9 @@ arguments and sends:
   `bytes`/`str` give it raw; `httpx2.Response` gives the response itself.
 
 `async def` methods need an `httpx2.AsyncClient`, `def` methods an
-`httpx2.Client`; a mismatch is a TypeError at call time.
+`httpx2.Client`; a mismatch is a TypeError at call time. (mypy reports the
+`...` bodies as `empty-body`: disable that code for the module declaring
+the interface, or write the bodies as `raise NotImplementedError`.)
 
 Errors: a non-2xx answer raises an `HttpError` subclass chosen by status
 (`NotFoundError` for 404, `ServiceUnavailableError` for 503 …, else
