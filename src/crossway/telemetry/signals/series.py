@@ -133,9 +133,41 @@ class Ring:
     def totals(self, first: int, last: int) -> Totals:
         """Everything in slots `first` .. `last - 1`."""
         out = Totals(Histogram(), seconds=(last - first) * self.tier.width)
-        for slot in range(max(first, last - self.tier.size), last):
-            self._add_slot_to(out, slot)
+        if not self._slots:
+            return out
+        first = max(first, last - self.tier.size)
+        for start, stop in self._runs(first, last):
+            if self._all_current(start, stop):
+                self._add_run_to(out, start, stop)
+            else:
+                for slot in range(start, stop):
+                    self._add_slot_to(out, slot)
         return out
+
+    def _runs(self, first: int, last: int) -> list[tuple[int, int]]:
+        """`first` .. `last - 1` cut where the positions wrap around the ring."""
+        size = self.tier.size
+        runs = []
+        while first < last:
+            stop = min(last, first + size - first % size)
+            runs.append((first, stop))
+            first = stop
+        return runs
+
+    def _all_current(self, start: int, stop: int) -> bool:
+        """Whether every position of the run holds exactly its slot (no stale lap)."""
+        pos = start % self.tier.size
+        return self._slots[pos : pos + stop - start] == array("q", range(start, stop))
+
+    def _add_run_to(self, out: Totals, start: int, stop: int) -> None:
+        """Add a run of current slots with one strided sum per bucket: a day of
+        1 min slots costs a few dozen C-level sums instead of 36,000 additions."""
+        pos, end = start % self.tier.size, start % self.tier.size + stop - start
+        counts = self._counts
+        step = BUCKET_COUNT
+        run = [sum(counts[pos * step + b : end * step : step]) for b in range(step)]
+        out.histogram.add(run, sum(self._sums[pos:end]))
+        out.errors += sum(self._errors[pos:end])
 
     def points(self, first: int, last: int) -> list[Point]:
         """One point per slot in `first` .. `last - 1` (empty slots included)."""
@@ -147,10 +179,6 @@ class Ring:
                 self._add_slot_to(totals, slot)
             out.append(Point(slot * width, totals))
         return out
-
-    def latest_slot(self) -> int | None:
-        """The newest slot holding data, or None before the first write."""
-        return max(self._slots) if self._slots and max(self._slots) != _EMPTY else None
 
     def _add_slot_to(self, out: Totals, slot: int) -> None:
         if not self._slots:
