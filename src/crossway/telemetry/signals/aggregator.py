@@ -44,6 +44,7 @@ from crossway.telemetry.signals.series import (
     Series,
     Totals,
     resolution,
+    sparse,
 )
 
 Kind = Literal["service", "route", "edge"]
@@ -139,9 +140,9 @@ class Aggregator:
             route = self._admit(cells, series)
             result.overflowed += route == OVERFLOW and series.route != OVERFLOW
             result.series += 1
-            counts = series.per_bucket()
+            pairs = sparse(series.per_bucket())
             for key in _keys(series, route, push.side):
-                self._record(key, now, counts, series.errors, series.sum)
+                self._record(key, now, pairs, series.errors, series.sum)
         self.counters.pushes += 1
         self.counters.series += result.series
         self.counters.overflowed += result.overflowed
@@ -180,7 +181,9 @@ class Aggregator:
             return series.route
         return OVERFLOW
 
-    def _record(self, key: Key, now: float, counts: list[int], errors: int, total: float) -> None:
+    def _record(
+        self, key: Key, now: float, pairs: list[tuple[int, int]], errors: int, total: float
+    ) -> None:
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= self.limits.max_keys:
@@ -188,7 +191,7 @@ class Aggregator:
                 series = self._series.get(key)
             if series is None:
                 series = self._series[key] = Series()
-        series.add(now, counts, errors, total)
+        series.add_sparse(now, pairs, errors, total)
 
     # Reading.
 

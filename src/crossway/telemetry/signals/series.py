@@ -42,6 +42,7 @@ from crossway.telemetry.signals.histogram import BUCKET_COUNT, Histogram
 
 _MAX_COUNT = 2**32 - 1
 _EMPTY = -1
+_ZEROS = array("I", [0]) * BUCKET_COUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,14 @@ class Ring:
 
     def add(self, t: float, counts: Sequence[int], errors: int, total: float) -> None:
         """Record into the slot holding wall time `t`."""
+        self.add_sparse(t, sparse(counts), errors, total)
+
+    def add_sparse(
+        self, t: float, pairs: Sequence[tuple[int, int]], errors: int, total: float
+    ) -> None:
+        """`add` with the counts given as (bucket, count) pairs, zeros left out:
+        a latency distribution fills a handful of the buckets, so this is
+        what the aggregator uses (it computes the pairs once for all keys)."""
         if not self._slots:
             self._allocate()
         slot = self.slot_of(t)
@@ -128,9 +137,8 @@ class Ring:
             self._reset(pos, slot)
         base = pos * BUCKET_COUNT
         mine = self._counts
-        for i, c in enumerate(counts):
-            if c:
-                mine[base + i] = min(_MAX_COUNT, mine[base + i] + c)
+        for i, c in pairs:
+            mine[base + i] = min(_MAX_COUNT, mine[base + i] + c)
         self._errors[pos] = min(_MAX_COUNT, self._errors[pos] + errors)
         self._sums[pos] += total
 
@@ -204,8 +212,7 @@ class Ring:
     def _reset(self, pos: int, slot: int) -> None:
         self._slots[pos] = slot
         base = pos * BUCKET_COUNT
-        for i in range(base, base + BUCKET_COUNT):
-            self._counts[i] = 0
+        self._counts[base : base + BUCKET_COUNT] = _ZEROS
         self._errors[pos] = 0
         self._sums[pos] = 0.0
 
@@ -222,8 +229,13 @@ class Series:
         """Wall time of the last record."""
 
     def add(self, t: float, counts: Sequence[int], errors: int, total: float) -> None:
-        self.hour.add(t, counts, errors, total)
-        self.day.add(t, counts, errors, total)
+        self.add_sparse(t, sparse(counts), errors, total)
+
+    def add_sparse(
+        self, t: float, pairs: Sequence[tuple[int, int]], errors: int, total: float
+    ) -> None:
+        self.hour.add_sparse(t, pairs, errors, total)
+        self.day.add_sparse(t, pairs, errors, total)
         self.updated = max(self.updated, t)
 
     def window(self, now: float, seconds: float) -> Totals:
@@ -240,6 +252,11 @@ class Series:
         ring = ring_for(self.hour, self.day, seconds)
         last = ring.slot_of(now)
         return ring, last - slots_in(ring.tier, seconds), last
+
+
+def sparse(counts: Sequence[int]) -> list[tuple[int, int]]:
+    """The non-zero (bucket, count) pairs of dense bucket counts."""
+    return [(i, c) for i, c in enumerate(counts) if c]
 
 
 def ring_for(hour: Ring, day: Ring, seconds: float) -> Ring:
