@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
+import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +14,17 @@ import httpx2
 import pytest
 
 from crossway.sdk.client import Client
-from crossway.sdk.control import ControlPlaneError
+from crossway.sdk.control import ControlPlane, ControlPlaneError
+from crossway.sdk.discovery import DiscoveryCache
 from crossway.sdk.settings import ClientSettings, InvalidSettings
-from crossway.testing.server import CrosswayServer, start_server
+from crossway.testing.server import CrosswayServer, shared_server, start_server
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CrosswayServer]:
-    running = start_server(store="memory")
-    yield running
-    running.stop()
+@pytest.fixture
+def server() -> CrosswayServer:
+    return shared_server("memory")  # one for every module; names here are this module's
 
 
 def instances(url: str, service: str) -> list[dict[str, Any]]:
@@ -161,3 +162,83 @@ def test_http_and_bind_delegate_to_their_modules(monkeypatch: pytest.MonkeyPatch
             (dict, "app.yaml", {"group": "DEFAULT_GROUP", "namespace": None, "on_change": None}),
         ),
     ]
+
+
+async def eventually(check: Callable[[], bool], within: float) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def put_instance(url: str, service: str, iid: str) -> None:
+    body = {"address": "127.0.0.1", "port": 7000, "ttl": "60s"}
+    httpx2.put(f"{url}/v1/services/{service}/instances/{iid}", json=body, timeout=5)
+
+
+async def test_memory_control_plane_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control plane (memory store) stops, then comes back empty on the
+    same port. Meanwhile discovery keeps serving the last instances (stale,
+    metric set, one warning), a fresh process boots from the disk snapshot,
+    and registration warns once. When it is back, the client registers again
+    within about one TTL; the instance that never comes back is dropped by
+    discovery only after its grace period."""
+    caplog.set_level(logging.INFO, logger="crossway.sdk")
+    plane = await asyncio.to_thread(start_server, store="memory")
+    url, svc = plane.url, "cl-restart"
+    client = Client(
+        url=url, service=svc, port=8080, address="127.0.0.1", ttl="2s", cache_dir=tmp_path
+    )
+    fresh: DiscoveryCache | None = None
+    try:
+        for n in range(8):  # move the old store's revisions past where the new one will be
+            await asyncio.to_thread(put_instance, url, "cl-pad", f"p-{n}")
+        await asyncio.to_thread(put_instance, url, svc, "gone-1")
+        await client.start()
+        me = client.instance_id
+        assert sorted(i.id for i in await client.discovery.instances(svc)) == sorted([me, "gone-1"])
+        stale = {"service": svc}
+        metric = client.metrics_registry.get_sample_value
+        assert metric("crossway_sdk_discovery_stale", stale) == 0
+
+        await asyncio.to_thread(plane.stop)
+        await eventually(lambda: client.discovery.is_stale(svc), within=3.0)
+        assert sorted(i.id for i in client.discovery.peek(svc) or []) == sorted([me, "gone-1"])
+        assert metric("crossway_sdk_discovery_stale", stale) == 1
+        await asyncio.sleep(0.5)  # several failed keepalives and reconnects
+        assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 2
+
+        fresh = DiscoveryCache(
+            ControlPlane(ClientSettings(url=url, address="127.0.0.1")),
+            cache_dir=tmp_path,
+            rebuild_grace=1.0,
+        )
+        assert sorted(i.id for i in await fresh.instances(svc)) == sorted([me, "gone-1"])
+        assert fresh.is_stale(svc)
+
+        plane = await asyncio.to_thread(start_server, store="memory", port=plane.port)
+        took = await eventually(lambda: client.registrations == 2, within=6.0)
+        assert took < 2.0 + 1.0  # about one TTL
+        assert [i["id"] for i in instances(url, svc)] == [me]
+        # the new store lists only `me`; `gone-1` is kept (stale) for the grace…
+        await eventually(lambda: provisional(fresh, svc), within=5.0)
+        assert sorted(i.id for i in fresh.peek(svc) or []) == sorted([me, "gone-1"])
+        # …and dropped after it
+        await eventually(lambda: not fresh.is_stale(svc), within=5.0)
+        assert [i.id for i in fresh.peek(svc) or []] == [me]
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
+    finally:
+        await client.stop()
+        if fresh is not None:
+            await fresh.stop()
+            await fresh.control.aclose()
+        await asyncio.to_thread(plane.stop)
+
+
+def provisional(cache: DiscoveryCache, service: str) -> bool:
+    view = cache.view(service)
+    return view is not None and view.provisional_until is not None

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -15,17 +14,15 @@ from crossway.sdk.control import (
     index_of,
 )
 from crossway.sdk.settings import ClientSettings
-from crossway.testing.server import CrosswayServer, start_server
+from crossway.testing.server import CrosswayServer, shared_server
 from crossway.testing.services import free_port
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CrosswayServer]:
-    running = start_server(store="memory")
-    yield running
-    running.stop()
+@pytest.fixture
+def server() -> CrosswayServer:
+    return shared_server("memory")  # one for every module; names here are this module's
 
 
 def plane(url: str, **kw: object) -> ControlPlane:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from crossway.sdk.coordination import (
     job_election,
     next_slot,
 )
-from crossway.testing.server import CrosswayServer, start_server
+from crossway.testing.server import CrosswayServer, shared_server
 
 # -- pure helpers ----------------------------------------------------------------------
 
@@ -63,11 +63,9 @@ async def test_call_runs_sync_and_async_callbacks_and_logs_failures(
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CrosswayServer]:
-    running = start_server(store="memory")
-    yield running
-    running.stop()
+@pytest.fixture
+def server() -> CrosswayServer:
+    return shared_server("memory")  # one for every module; names here are this module's
 
 
 @pytest.fixture
@@ -224,9 +222,9 @@ async def test_leader_failover_when_one_stops(clients: Callable[[], Client]) -> 
 
     leaders = {"a": a.leader("coord-lead", ttl="2s", **watch("a"))}
     await a.start()  # a leader declared before start campaigns once started
+    first = await asyncio.wait_for(leaders["a"].wait_elected(), 5)
     await b.start()
     leaders["b"] = b.leader("coord-lead", ttl="2s", **watch("b"))  # after: at once
-    first = await asyncio.wait_for(leaders["a"].wait_elected(), 5)
     await asyncio.sleep(0.3)
     assert leaders["a"].is_leader
     assert not leaders["b"].is_leader

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -25,7 +25,7 @@ from crossway.sdk.discovery import (
     write_snapshot,
 )
 from crossway.sdk.settings import ClientSettings
-from crossway.testing.server import CrosswayServer, start_server
+from crossway.testing.server import CrosswayServer, shared_server
 from crossway.testing.services import free_port
 
 # -- the pure view -------------------------------------------------------------------
@@ -248,11 +248,9 @@ async def test_bad_service_name_is_refused(tmp_path: Path) -> None:
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CrosswayServer]:
-    running = start_server(store="memory")
-    yield running
-    running.stop()
+@pytest.fixture
+def server() -> CrosswayServer:
+    return shared_server("memory")  # one for every module; names here are this module's
 
 
 def new_cache(
@@ -305,58 +303,29 @@ async def test_a_new_instance_arrives_through_the_watch_quickly(
     deregister(server.url, "disc-fast", "f-2")
 
 
-async def test_outage_then_boot_from_the_snapshot(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_fresh_cache_boots_from_the_snapshot_when_the_control_plane_is_down(
+    server: CrosswayServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The control plane stops: the cache keeps serving, stale, with the
-    metric set and one warning. A fresh cache (a restarted process) with the
-    control plane still down boots from the disk snapshot. When it returns
-    with an empty memory store, the instance that has not registered again
-    is kept (stale) for the grace period, then dropped."""
-    plane = await asyncio.to_thread(start_server, store="memory")
-    url = plane.url
-    cache_dir = tmp_path / "cache"
-    cache, registry = new_cache(url, cache_dir)
-    for n in range(8):  # move the old store's revisions well past the new one's
-        register(url, "disc-pad", f"p-{n}")
-    register(url, "disc-out", "o-1")
-    register(url, "disc-out", "o-2")
-    assert ids(await cache.instances("disc-out")) == ["o-1", "o-2"]
-    assert registry.get_sample_value("crossway_sdk_discovery_stale", {"service": "disc-out"}) == 0
-    await asyncio.to_thread(plane.stop)
-    await eventually(lambda: cache.is_stale("disc-out"))
-    assert ids(cache.peek("disc-out")) == ["o-1", "o-2"]
-    assert ids(await cache.instances("disc-out")) == ["o-1", "o-2"]
-    assert registry.get_sample_value("crossway_sdk_discovery_stale", {"service": "disc-out"}) == 1
-    await asyncio.sleep(0.5)  # some reconnect attempts
-    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
-    assert len(warnings) == 1
+    """A restarted process (a new cache) that cannot reach its control plane
+    serves the last set the previous one wrote to disk, and says it is stale.
+    Stopping a live control plane under a cache is in test_client.py."""
+    cache, _ = new_cache(server.url, tmp_path)
+    register(server.url, "disc-snap", "s-1")
+    register(server.url, "disc-snap", "s-2")
+    assert ids(await cache.instances("disc-snap")) == ["s-1", "s-2"]
     await cache.stop()
     await cache.control.aclose()
-    snapshot = read_snapshot(snapshot_path(cache_dir, "disc-out"))
-    assert snapshot is not None
-    assert ids(snapshot.instances) == ["o-1", "o-2"]
 
-    fresh, fresh_registry = new_cache(url, cache_dir, grace=1.5)
-    assert ids(await fresh.instances("disc-out")) == ["o-1", "o-2"]
-    assert fresh.is_stale("disc-out")
-    stale = fresh_registry.get_sample_value("crossway_sdk_discovery_stale", {"service": "disc-out"})
-    assert stale == 1
-    assert "disk snapshot" in caplog.text
-
-    plane = await asyncio.to_thread(start_server, store="memory", port=plane.port)
-    try:
-        register(url, "disc-out", "o-2")
-        # listed by the new store: o-2 only, but o-1 is kept while it may come back
-        await eventually(lambda: provisional(fresh, "disc-out"), within=6.0)
-        assert ids(fresh.peek("disc-out")) == ["o-1", "o-2"]
-        assert fresh.is_stale("disc-out")
-        await eventually(lambda: not fresh.is_stale("disc-out"), within=4.0)
-        assert ids(fresh.peek("disc-out")) == ["o-2"]
-    finally:
-        await fresh.stop()
-        await fresh.control.aclose()
-        await asyncio.to_thread(plane.stop)
+    fresh, registry = new_cache(f"http://127.0.0.1:{free_port()}", tmp_path)
+    assert ids(await fresh.instances("disc-snap")) == ["s-1", "s-2"]
+    assert ids(fresh.peek("disc-snap")) == ["s-1", "s-2"]
+    assert fresh.is_stale("disc-snap")
+    assert registry.get_sample_value("crossway_sdk_discovery_stale", {"service": "disc-snap"}) == 1
+    assert "from the disk snapshot" in caplog.text
+    await fresh.stop()
+    await fresh.control.aclose()
+    deregister(server.url, "disc-snap", "s-1")
+    deregister(server.url, "disc-snap", "s-2")
 
 
 async def test_nothing_known_and_unreachable_serves_empty_and_stale(tmp_path: Path) -> None:
@@ -387,8 +356,3 @@ async def test_stop_leaves_no_task_and_writes_pending_snapshots(
         await cache.instances("disc-other")
     await control.aclose()
     deregister(server.url, "disc-stop", "s-1")
-
-
-def provisional(cache: DiscoveryCache, service: str) -> bool:
-    view = cache.view(service)
-    return view is not None and view.provisional_until is not None

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
-from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -21,7 +19,7 @@ from crossway.sdk.registration import (
     registration_body,
 )
 from crossway.sdk.settings import ClientSettings, InvalidSettings
-from crossway.testing.server import CrosswayServer, start_server
+from crossway.testing.server import CrosswayServer, shared_server, start_server
 from crossway.testing.services import free_port
 
 # -- the pure policy ---------------------------------------------------------------
@@ -235,11 +233,9 @@ async def test_keepalive_404_registers_again_with_the_same_id() -> None:
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CrosswayServer]:
-    running = start_server(store="memory")
-    yield running
-    running.stop()
+@pytest.fixture
+def server() -> CrosswayServer:
+    return shared_server("memory")  # one for every module; names here are this module's
 
 
 def make_registrar(url: str, service: str, ttl: str = "2s") -> Registrar:
@@ -271,7 +267,7 @@ async def test_lease_kept_alive_across_several_ttls(server: CrosswayServer) -> N
     await registrar.start()
     lease = registrar.lease
     assert listed(server.url, "reg-alive") == ["reg-alive-1"]
-    await asyncio.sleep(3.5)  # three and a half TTLs
+    await asyncio.sleep(3.2)  # over three TTLs
     assert listed(server.url, "reg-alive") == ["reg-alive-1"]
     assert registrar.lease == lease
     assert registrar.registrations == 1
@@ -291,39 +287,6 @@ async def test_stop_cancels_every_task(server: CrosswayServer) -> None:
     await registrar.control.aclose()
 
 
-async def test_unreachable_at_start_then_memory_restart(caplog: pytest.LogCaptureFixture) -> None:
-    """Start does not fail without a control plane; the instance registers when
-    one comes up, and again (same id, new lease) after it restarts empty."""
-    caplog.set_level(logging.INFO, logger="crossway.sdk.registration")
-    port = free_port()
-    registrar = make_registrar(f"http://127.0.0.1:{port}", "reg-restart")
-    await registrar.start()  # the service boots without its control plane
-    assert registrar.registrations == 0
-    first = await asyncio.to_thread(start_server, store="memory", port=port)
-    second: CrosswayServer | None = None
-    try:
-        assert await wait_listed(first.url, "reg-restart", True, within=5.0) < 2.0
-        lease = registrar.lease
-        await asyncio.to_thread(first.stop)
-        await asyncio.sleep(1.0)  # down for a while: several failed keepalives
-        caplog.clear()
-        second = await asyncio.to_thread(start_server, store="memory", port=port)
-        took = await wait_listed(second.url, "reg-restart", True, within=6.0)
-        assert took < 2.0 + 1.0  # about one TTL
-        assert registrar.registrations == 2
-        assert registrar.lease != lease
-        assert listed(second.url, "reg-restart") == ["reg-restart-1"]
-        assert any("reachable again" in r.getMessage() for r in caplog.records)
-        await registrar.stop()
-        assert listed(second.url, "reg-restart") == []
-    finally:
-        await registrar.stop()
-        await registrar.control.aclose()
-        for server in (first, second):
-            if server is not None:
-                await asyncio.to_thread(server.stop)
-
-
 async def test_one_warning_per_outage(caplog: pytest.LogCaptureFixture) -> None:
     registrar = make_registrar(f"http://127.0.0.1:{free_port()}", "reg-quiet", ttl="1s")
     await registrar.start()
@@ -334,19 +297,30 @@ async def test_one_warning_per_outage(caplog: pytest.LogCaptureFixture) -> None:
     assert len(warnings) == 1
 
 
-async def test_sqlite_control_plane_restarted_on_its_data() -> None:
-    first = await asyncio.to_thread(start_server, store="sqlite")
-    registrar = make_registrar(first.url, "reg-sqlite", ttl="1s")
-    await registrar.start()
-    await asyncio.to_thread(first.stop)
-    second = await asyncio.to_thread(
-        start_server, store="sqlite", data_dir=first.data_dir, port=first.port
-    )
+async def test_unreachable_at_start_then_restarted_on_its_data() -> None:
+    """Start does not fail without a control plane: the instance registers
+    when one comes up, and stays registered across its restart (sqlite, same
+    data and port). The memory-store restart is in test_client.py."""
+    port = free_port()
+    registrar = make_registrar(f"http://127.0.0.1:{port}", "reg-sqlite", ttl="1s")
+    await registrar.start()  # the service boots without its control plane
+    assert registrar.registrations == 0
+    first = await asyncio.to_thread(start_server, store="sqlite", port=port)
+    second: CrosswayServer | None = None
     try:
+        assert await wait_listed(first.url, "reg-sqlite", True, within=5.0) < 2.0
+        await asyncio.to_thread(first.stop)
+        second = await asyncio.to_thread(
+            start_server, store="sqlite", data_dir=first.data_dir, port=port
+        )
         await wait_listed(second.url, "reg-sqlite", True, within=2.0)
-        await asyncio.sleep(1.5)  # more than a TTL later, still registered
+        await asyncio.sleep(1.2)  # more than a TTL later, still registered
         assert listed(second.url, "reg-sqlite") == ["reg-sqlite-1"]
+        await registrar.stop()
+        assert listed(second.url, "reg-sqlite") == []
     finally:
         await registrar.stop()
         await registrar.control.aclose()
-        await asyncio.to_thread(second.stop)
+        for server in (first, second):
+            if server is not None:
+                await asyncio.to_thread(server.stop)
