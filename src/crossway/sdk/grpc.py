@@ -63,9 +63,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from crossway.balance import Endpoint, Outcome
 from crossway.core.clock import Clock, SystemClock
+from crossway.core.durations import parse_duration
 from crossway.registry.model import Instance
-from crossway.resilience import deadline_scope, remaining_time
-from crossway.sdk.policies import CallPolicy, build_balancer, build_outlier, build_retries
+from crossway.resilience import (
+    Backoff,
+    Jitter,
+    RetryBudget,
+    RetryPolicy,
+    deadline_scope,
+    remaining_time,
+)
+from crossway.sdk.policies import CallPolicy, build_balancer, build_outlier
 from crossway.sdk.transport import NoInstancesError, endpoints_of
 from crossway.telemetry.metrics import LATENCY_BUCKETS, LabelBudget
 from crossway.telemetry.tracecontext import TRACEPARENT, TRACESTATE, TraceContext, current_trace
@@ -116,12 +124,26 @@ class Retrier:
     (pure), `run` is the async loop around it."""
 
     def __init__(self, policy: CallPolicy, idempotent: Idempotent, clock: Clock) -> None:
-        safe, _ = build_retries(policy, safe_errors=(), unsent_errors=(), abort_on=(), clock=clock)
-        self.policy = safe.policy if safe is not None else None
-        self.budget = safe.budget if safe is not None else None
         spec = policy.retries
+        self.policy: RetryPolicy | None = None
+        self.budget: RetryBudget | None = None
         self.idempotent: Idempotent = True if spec and spec.non_idempotent else idempotent
         self.clock = clock
+        if spec is None or spec.attempts <= 1:
+            return
+        backoff = Backoff(
+            base=parse_duration(spec.backoff.base),
+            cap=parse_duration(spec.backoff.cap),
+            jitter=Jitter(spec.backoff.jitter),
+        )
+        self.policy = RetryPolicy(max_attempts=spec.attempts, backoff=backoff)
+        if spec.budget is not None:
+            self.budget = RetryBudget(
+                ttl=parse_duration(spec.budget.ttl),
+                min_retries_per_sec=spec.budget.min_per_second,
+                percent_can_retry=spec.budget.percent / 100.0,
+                clock=clock,
+            )
 
     def delay(self, method: str, attempts: int, started: float, unsent: bool) -> float | None:
         """Seconds to wait before retrying an UNAVAILABLE attempt, or None: give up."""
