@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from crossway.sdk.config import (
     write_snapshot,
 )
 from crossway.sdk.control import ControlPlaneUnavailable
-from crossway.testing.server import CrosswayServer, start_server
+from crossway.testing.server import CrosswayServer, shared_server
 from crossway.testing.services import free_port
 
 
@@ -189,21 +189,20 @@ def test_snapshot_round_trip_and_unreadable_file(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[CrosswayServer]:
-    running = start_server(store="memory")
-    yield running
-    running.stop()
+def server() -> CrosswayServer:
+    return shared_server("memory")  # one for every module; names here are this module's
 
 
 @pytest.fixture
 async def client(server: CrosswayServer, tmp_path: Path) -> AsyncIterator[Client]:
-    made = Client(url=server.url, register=False, cache_dir=tmp_path / "cache", namespace="t")
+    made = Client(url=server.url, register=False, cache_dir=tmp_path / "cache", namespace=NS)
     await made.start()
     yield made
     await stop_bindings(made)
     await made.stop()
 
 
+NS = "sdk-config"
 _keys = iter(range(1_000_000))
 
 
@@ -213,7 +212,10 @@ def fresh_key() -> str:
 
 def publish(server: CrosswayServer, key: str, content: str, **params: str) -> dict[str, Any]:
     response = httpx2.put(
-        f"{server.url}/v1/config/t/DEFAULT_GROUP/{key}", content=content, params=params, timeout=5
+        f"{server.url}/v1/config/{NS}/DEFAULT_GROUP/{key}",
+        content=content,
+        params=params,
+        timeout=5,
     )
     assert response.status_code == 200, response.text
     published: dict[str, Any] = response.json()
@@ -240,7 +242,7 @@ async def test_loads_at_start_and_forwards_attributes(
     assert cfg.greeting == "hi"
     assert cfg.pool.size == 3
     assert (cfg.version, cfg.source, cfg.beta) == (1, "control-plane", False)
-    assert cfg.path == f"t/DEFAULT_GROUP/{key}"
+    assert cfg.path == f"{NS}/DEFAULT_GROUP/{key}"
     assert cfg.running
     assert cfg in bindings(client)
 
@@ -285,7 +287,7 @@ async def test_a_bad_version_is_refused_and_the_old_value_kept(
     assert "greater than or equal to 1" in caplog.text
     rejected = client.metrics_registry.get_sample_value(
         "crossway_sdk_config_rejected_total",
-        {"namespace": "t", "group": "DEFAULT_GROUP", "key": key},
+        {"namespace": NS, "group": "DEFAULT_GROUP", "key": key},
     )
     assert rejected == 1.0
     publish(server, key, "pool:\n  size: 5\n")
@@ -320,9 +322,9 @@ async def test_gray_release_follows_the_labels(server: CrosswayServer, tmp_path:
     key = fresh_key()
     publish(server, key, "greeting: stable\n")
     canary = Client(
-        url=server.url, register=False, cache_dir=tmp_path, namespace="t", labels={"canary": "true"}
+        url=server.url, register=False, cache_dir=tmp_path, namespace=NS, labels={"canary": "true"}
     )
-    plain = Client(url=server.url, register=False, cache_dir=tmp_path / "p", namespace="t")
+    plain = Client(url=server.url, register=False, cache_dir=tmp_path / "p", namespace=NS)
     try:
         on_canary = await canary.bind(Settings, key)
         on_plain = await plain.bind(Settings, key)
@@ -333,7 +335,7 @@ async def test_gray_release_follows_the_labels(server: CrosswayServer, tmp_path:
         await asyncio.sleep(0.2)
         assert on_plain.greeting == "stable"
         assert not on_plain.beta
-        httpx2.post(f"{server.url}/v1/config/t/DEFAULT_GROUP/{key}/promote", timeout=5)
+        httpx2.post(f"{server.url}/v1/config/{NS}/DEFAULT_GROUP/{key}/promote", timeout=5)
         await until(lambda: on_plain.greeting == "beta")
         await until(lambda: not on_canary.beta)
         assert on_canary.version == on_plain.version == 2
@@ -354,7 +356,7 @@ async def test_a_missing_entry_starts_on_defaults_then_follows(
     publish(server, key, "greeting: created\n")
     await until(lambda: cfg.greeting == "created")
     assert cfg.source == "control-plane"
-    httpx2.delete(f"{server.url}/v1/config/t/DEFAULT_GROUP/{key}", timeout=5)
+    httpx2.delete(f"{server.url}/v1/config/{NS}/DEFAULT_GROUP/{key}", timeout=5)
     await asyncio.sleep(0.2)
     assert cfg.greeting == "created"  # a deletion keeps the values
     with pytest.raises(NotFound):
@@ -377,14 +379,14 @@ async def test_restarts_from_the_saved_version_when_the_plane_is_down(
 ) -> None:
     key = fresh_key()
     publish(server, key, "greeting: saved\n")
-    first = Client(url=server.url, register=False, cache_dir=tmp_path, namespace="t")
+    first = Client(url=server.url, register=False, cache_dir=tmp_path, namespace=NS)
     cfg = await first.bind(Settings, key)
-    await until(lambda: snapshot_path(tmp_path, "t", "DEFAULT_GROUP", key).exists())
+    await until(lambda: snapshot_path(tmp_path, NS, "DEFAULT_GROUP", key).exists())
     await stop_bindings(first)
     await first.stop()
 
     down = f"http://127.0.0.1:{free_port()}"
-    offline = Client(url=down, register=False, cache_dir=tmp_path, namespace="t", timeout=0.5)
+    offline = Client(url=down, register=False, cache_dir=tmp_path, namespace=NS, timeout=0.5)
     try:
         again = await offline.bind(Settings, key)
         assert again.greeting == "saved"
@@ -417,7 +419,7 @@ async def test_start_bindings_starts_all_and_stops_all(
 async def test_follower_ends_when_the_client_stops(server: CrosswayServer, tmp_path: Path) -> None:
     key = fresh_key()
     publish(server, key, "greeting: a\n")
-    made = Client(url=server.url, register=False, cache_dir=tmp_path, namespace="t")
+    made = Client(url=server.url, register=False, cache_dir=tmp_path, namespace=NS)
     cfg = await made.bind(Settings, key)
     await made.stop()
     await until(lambda: not cfg.running)
