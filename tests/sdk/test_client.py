@@ -242,3 +242,21 @@ async def test_memory_control_plane_restart(
 def provisional(cache: DiscoveryCache, service: str) -> bool:
     view = cache.view(service)
     return view is not None and view.provisional_until is not None
+
+
+async def test_cancelled_stop_still_closes_everything(
+    server: CrosswayServer, tmp_path: Path
+) -> None:
+    before = asyncio.all_tasks()
+    client = make(server, tmp_path, service="cl-cancel", port=8083)
+    client.leader("cl-cancel-lead", ttl="2s")
+    await client.start()
+    await client.discovery.instances("cl-cancel")
+    stopping = asyncio.ensure_future(client.stop())
+    await asyncio.sleep(0)  # let it begin
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert client.control.http.is_closed
+    await asyncio.sleep(0.05)  # cancelled tasks finish on their own
+    assert asyncio.all_tasks() - before == set()

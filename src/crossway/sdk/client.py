@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
@@ -157,16 +158,22 @@ class Client:
 
     async def _shutdown(self, *, deregister: bool) -> None:
         self._state = "stopped"
-        try:
-            for helper in reversed(self._helpers):
-                await helper.stop()  # resign first: another process takes over at once
-            if self._registrar is not None:
-                await self._registrar.stop(deregister=deregister)
-        finally:
+        # Resign first (another process takes over at once), then deregister,
+        # then stop following and close the connections.
+        steps: list[Callable[[], Awaitable[None]]] = [h.stop for h in reversed(self._helpers)]
+        if self._registrar is not None:
+            steps.append(functools.partial(self._registrar.stop, deregister=deregister))
+        steps += [self.discovery.stop, self.control.aclose]
+        cancelled: asyncio.CancelledError | None = None
+        for step in steps:
             try:
-                await self.discovery.stop()
-            finally:
-                await self.control.aclose()
+                await step()
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # finish the remaining steps, then propagate it
+            except Exception:
+                log.exception("a step of stopping the client failed")
+        if cancelled is not None:
+            raise cancelled
 
     # -- identity --------------------------------------------------------------------
 

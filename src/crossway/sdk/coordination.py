@@ -42,7 +42,6 @@ Invariants
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -127,8 +126,9 @@ class Session:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait(), not `await task`: a cancellation of this call must propagate,
+            # not be mistaken for the task's own CancelledError and swallowed.
+            await asyncio.wait({task})
         if self.id and not self.lost.is_set():
             self._lose("closed")
             try:
@@ -244,8 +244,9 @@ class Lock:
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            # wait(), not `await watch`: a cancellation of this call must propagate,
+            # not be mistaken for the task's own CancelledError and swallowed.
+            await asyncio.wait({watch})
         if session is not None:
             await session.close()
         holder, self._holder = self._holder, None
@@ -329,8 +330,9 @@ class Leader:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait(), not `await task`: a cancellation of this call must propagate,
+            # not be mistaken for the task's own CancelledError and swallowed.
+            await asyncio.wait({task})
 
     async def wait_elected(self) -> int:
         """Wait until this process leads; its fence."""

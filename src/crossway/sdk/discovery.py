@@ -278,15 +278,17 @@ class DiscoveryCache:
 
     async def stop(self) -> None:
         """Cancel every follower, write pending snapshots, and return. Idempotent;
-        if cancelled midway, the remaining tasks are still cancelled first."""
+        if cancelled midway, every task has been cancelled already, and the
+        pending snapshots may not be written."""
         self._stopped = True
         followers = list(self._followers.values())
         tasks = [t for f in followers for t in (f.task, f.flush) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            # wait(), not `await task`: a cancellation of stop() itself must
+            # propagate rather than be swallowed as a task's CancelledError.
+            await asyncio.wait(tasks)
         for follower in followers:
             follower.task = follower.flush = None
             if follower.dirty:

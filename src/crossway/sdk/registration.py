@@ -34,7 +34,6 @@ Invariants
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -208,13 +207,15 @@ class Registrar:
     async def stop(self, *, deregister: bool = True, timeout: float = DEREGISTER_TIMEOUT) -> None:
         """Cancel the background task, then deregister (best effort, at most
         `timeout` seconds; failures are logged, not raised). Safe to call
-        twice. If `stop` itself is cancelled the task is still cancelled and
-        awaited before the cancellation propagates."""
+        twice. If `stop` itself is cancelled, the task has been cancelled
+        already and ends on its own; the cancellation propagates at once and
+        the instance is left to expire with its lease."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait(), not `await task`: a cancellation of this call must propagate,
+            # not be mistaken for the task's own CancelledError and swallowed.
+            await asyncio.wait({task})
         if deregister and self.instance is not None:
             self.instance = None
             await self._deregister(timeout)
