@@ -191,7 +191,8 @@ class Dispatcher:
         self.attempts = attempts
         self.backoff = backoff or Backoff(base=1.0, cap=30.0)
         self.stats = DispatchStats()
-        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self.timeout = timeout
+        self._client = client
         self._owns_client = client is None
         self._queues: dict[str, asyncio.Queue[Notification]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -230,16 +231,24 @@ class Dispatcher:
         """Stop every worker (queued notifications are dropped) and close the client."""
         for name in list(self._configs):
             await self._stop(name)
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.aclose()
+            self._client = None
 
     def _start(self, config: NotifierConfig) -> None:
         queue: asyncio.Queue[Notification] = asyncio.Queue(self.max_queue)
-        send = sender_for(config, self._client)
+        send = sender_for(config, self._http())
         self._configs[config.name] = config
         self._queues[config.name] = queue
         task = asyncio.get_running_loop().create_task(self._work(queue, send))
         self._workers[config.name] = task
+
+    def _http(self) -> httpx2.AsyncClient:
+        """The HTTP client, made on first use (inside the running loop, and only
+        by a dispatcher that is started, so one never started owns nothing)."""
+        if self._client is None:
+            self._client = httpx2.AsyncClient(timeout=self.timeout)
+        return self._client
 
     async def _stop(self, name: str) -> None:
         task = self._workers.pop(name)

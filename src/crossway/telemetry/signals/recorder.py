@@ -162,7 +162,7 @@ class StatsPusher:
         self.timeout = timeout
         self.stats = PushStats()
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx2.AsyncClient(timeout=timeout)
+        self._client = client
         self._owns_client = client is None
         self._task: asyncio.Task[None] | None = None
 
@@ -178,7 +178,7 @@ class StatsPusher:
         body = msgspec.json.encode(push)
         headers = {**self._headers, "Content-Type": "application/json"}
         try:
-            response = await self._client.post(self.endpoint, content=body, headers=headers)
+            response = await self._http().post(self.endpoint, content=body, headers=headers)
         except httpx2.HTTPError as exc:
             return self._failed(push, str(exc) or type(exc).__name__)
         if response.status_code >= 300:
@@ -207,8 +207,14 @@ class StatsPusher:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout):
                 await self.push()
-        if self._owns_client:
+        if self._owns_client and self._client is not None:
             await self._client.aclose()
+            self._client = None
+
+    def _http(self) -> httpx2.AsyncClient:
+        if self._client is None:  # made on first use, inside the running loop
+            self._client = httpx2.AsyncClient(timeout=self.timeout)
+        return self._client
 
     async def __aenter__(self) -> StatsPusher:
         await self.start()
