@@ -45,7 +45,9 @@ class AlertLoop:
         self.engine.load(rules)
 
     def tick(self) -> list[Notification]:
-        """Evaluate once now and queue the notifications; returns them."""
+        """Evaluate once now and queue the notifications; returns them.
+
+        Synchronous and quick (no I/O): a full notifier queue drops, never waits."""
         notifications = self.engine.evaluate(self.source)
         for notification in notifications:
             self.dispatcher.submit(notification)

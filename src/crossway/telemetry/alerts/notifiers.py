@@ -199,7 +199,8 @@ class Dispatcher:
         self._configs: dict[str, NotifierConfig] = {}
 
     async def configure(self, notifiers: Sequence[NotifierConfig]) -> None:
-        """Serve exactly `notifiers`: unchanged ones keep their queue, others restart."""
+        """Serve exactly `notifiers`: unchanged ones keep their queue, others restart
+        (what was queued for a removed or changed notifier is dropped and counted)."""
         wanted = {n.name: n for n in notifiers}
         for name in list(self._configs):
             if wanted.get(name) != self._configs[name]:
@@ -223,7 +224,10 @@ class Dispatcher:
         return True
 
     async def drain(self) -> None:
-        """Wait until every queued notification was delivered or given up."""
+        """Wait until every queued notification was delivered or given up on.
+
+        No timeout of its own (wrap it in `asyncio.timeout`); cancelling it
+        stops the waiting only, the workers carry on."""
         for queue in list(self._queues.values()):
             await queue.join()
 
