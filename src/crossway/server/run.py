@@ -9,6 +9,11 @@ Theory of operation
   for its revision within `store_timeout`, so an unreachable etcd or an
   unwritable data directory is reported as such).
 - uvicorn (httptools on uvloop) serves the app on that socket, one process.
+  Its connections write through a `CorkedTransport`: uvicorn writes a
+  response's head and its body separately, two system calls (and, on
+  loopback, two trips through the TCP stack) per answer; gathering the writes
+  of one event-loop iteration into one `writelines` makes it one, which pays
+  most on large answers (a discovery answer of 100 instances: about 1.5x).
   uvicorn's own signal handling re-raises the signal after shutdown (the
   process would die by SIGTERM instead of exiting 0), so it is replaced: our
   handler starts the shutdown, a second signal forces it.
@@ -31,11 +36,13 @@ import os
 import signal
 import socket
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from crossway.core.clock import Clock
 from crossway.core.errors import CrosswayError
@@ -196,6 +203,91 @@ class _Server(uvicorn.Server):
         yield
 
 
+class CorkedTransport(asyncio.Transport):
+    """A transport that sends what is written during one event-loop iteration
+    with one system call, at the end of that iteration (see the module header).
+
+    Everything but writing is passed straight through. `close()` sends what is
+    pending first; writes pending when the peer is already gone are dropped, as
+    the transport itself would drop them."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes | bytearray | memoryview] = []
+        self._scheduled = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._pending.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        if not pending or self._transport.is_closing():
+            return
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        else:
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(d) for d in self._pending)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+
+class CorkedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing through a `CorkedTransport`."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CorkedTransport(transport, asyncio.get_running_loop()))
+
+
 class _Stopper:
     """The signal handler: first signal shuts down gracefully, the second forces."""
 
@@ -231,7 +323,7 @@ def _signal_handlers(handler: Callable[[int], None]) -> Iterator[None]:
 def _uvicorn_config(app: object, settings: ServerSettings) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http="httptools",
+        http=CorkedHttpProtocol,
         ws="none",
         lifespan="off",  # `serve` drives ctx.start()/ctx.close() itself
         log_config=None,
