@@ -242,12 +242,15 @@ class Client:
         others learn about the leader. Campaigning starts with the client (or
         at once if it already runs) and ends with `stop()`, which resigns.
         """
+        # The default value and the session's name use the instance id, which
+        # is only final once started (after a pre-fork server forked): both
+        # are worked out when the campaign begins.
         leader = Leader(
             self.control,
             name,
-            value=value if value is not None else self.instance_id,
+            value=value if value is not None else lambda: self.instance_id,
             ttl=parse_duration(ttl),
-            session_name=f"{self.instance_id} leader {name}",
+            session_name=lambda: f"{self.instance_id} leader {name}",
             on_elected=on_elected,
             on_revoked=on_revoked,
             clock=self.clock,
@@ -279,9 +282,9 @@ class Client:
         return Leader(
             self.control,
             election,
-            value=self.instance_id,
+            value=lambda: self.instance_id,
             ttl=ttl,
-            session_name=f"{self.instance_id} job {election}",
+            session_name=lambda: f"{self.instance_id} job {election}",
             on_elected=on_elected,
             clock=self.clock,
         )

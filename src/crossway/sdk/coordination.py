@@ -61,6 +61,8 @@ log = logging.getLogger("crossway.sdk.coordination")
 
 Callback = Callable[..., Any]
 """A plain function or a coroutine function."""
+Text = str | Callable[[], str]
+"""A string, or a function giving it when it is needed (after a pre-fork server forked)."""
 
 MAX_TURN = 60.0
 """Seconds one waiting request asks for; longer waits are asked in turns."""
@@ -293,9 +295,9 @@ class Leader:
         control: ControlPlane,
         name: str,
         *,
-        value: str,
+        value: Text,
         ttl: float,
-        session_name: str,
+        session_name: Text,
         on_elected: Callback | None = None,
         on_revoked: Callback | None = None,
         clock: Clock | None = None,
@@ -364,7 +366,8 @@ class Leader:
             await asyncio.sleep(RETRY.delay(failures) if failures else 0.0)
 
     async def _term(self) -> None:
-        session = Session(self.control, ttl=self.ttl, name=self.session_name, clock=self.clock)
+        name = resolve(self.session_name)
+        session = Session(self.control, ttl=self.ttl, name=name, clock=self.clock)
         await session.open()
         try:
             fence = await until_lost(session, self._campaign(session))
@@ -380,7 +383,7 @@ class Leader:
                 "PUT",
                 f"/v1/elections/{self.name}",
                 params=params,
-                json={"value": self.value},
+                json={"value": resolve(self.value)},
                 timeout=MAX_TURN + REQUEST_MARGIN,
             )
             body = answer.json()
@@ -425,6 +428,10 @@ async def call(callback: Callback | None, *args: Any) -> None:
             await result
     except Exception:
         log.exception("callback %s failed", getattr(callback, "__qualname__", callback))
+
+
+def resolve(text: Text) -> str:
+    return text if isinstance(text, str) else text()
 
 
 def next_slot(now: float, every: float) -> float:
