@@ -40,7 +40,7 @@ from crossway.registry.guard import PreservationGuard
 from crossway.registry.model import SETTINGS_PREFIX, check_name
 from crossway.server.blocking import BlockingParams, first_of, jittered_wait
 from crossway.server.context import ServerContext
-from crossway.server.http import QuietRoute, json_response, read_json
+from crossway.server.http import Endpoint, QuietRoute, json_response, read_json
 from crossway.store import Store
 
 _encoder = msgspec.json.Encoder()
@@ -101,17 +101,19 @@ class RegistryApi:
 
     def routes(self) -> list[BaseRoute]:
         instance = "/v1/services/{service}/instances/{id}"
+        settings = "/v1/services/{service}/settings"
+        preservation = "/v1/registry/self-preservation"
         return [
-            Route("/v1/services", self.list_services, methods=["GET"]),
-            Route("/v1/services/{service}", self.get_service, methods=["GET"]),
-            Route(instance, self.register, methods=["PUT"]),
-            Route(instance, self.deregister, methods=["DELETE"]),
-            Route("/v1/services/{service}/settings", self.get_settings, methods=["GET"]),
-            Route("/v1/services/{service}/settings", self.put_settings, methods=["PUT"]),
-            QuietRoute("/v1/leases/{lease}/keepalive", self.keepalive, methods=["PUT"]),
-            QuietRoute("/v1/leases/keepalive", self.keepalive_many, methods=["POST"]),
-            Route("/v1/registry/self-preservation", self.preservation, methods=["GET"]),
-            Route("/v1/registry/self-preservation", self.lift, methods=["DELETE"]),
+            Route("/v1/services", Endpoint(self.list_services), methods=["GET"]),
+            Route("/v1/services/{service}", Endpoint(self.get_service), methods=["GET"]),
+            Route(instance, Endpoint(self.register), methods=["PUT"]),
+            Route(instance, Endpoint(self.deregister), methods=["DELETE"]),
+            Route(settings, Endpoint(self.get_settings), methods=["GET"]),
+            Route(settings, Endpoint(self.put_settings), methods=["PUT"]),
+            QuietRoute("/v1/leases/{lease}/keepalive", Endpoint(self.keepalive), methods=["PUT"]),
+            QuietRoute("/v1/leases/keepalive", Endpoint(self.keepalive_many), methods=["POST"]),
+            Route(preservation, Endpoint(self.preservation), methods=["GET"]),
+            Route(preservation, Endpoint(self.lift), methods=["DELETE"]),
         ]
 
     async def load_settings(self) -> None:
@@ -161,10 +163,12 @@ class RegistryApi:
     async def get_service(self, request: Request) -> Response:
         service = check_name(request.path_params["service"], "service")
         catalog = self.registry.catalog
-        await self._block(request, lambda: catalog.service_index(service), service)
-        query = request.query_params
-        healthy = _flag(query.get("healthy"), "healthy")
-        zone, tag = query.get("zone") or None, query.get("tag") or None
+        healthy, zone, tag = False, None, None
+        if request.scope["query_string"]:  # most queries have none: skip the parsing
+            await self._block(request, lambda: catalog.service_index(service), service)
+            query = request.query_params
+            healthy = _flag(query.get("healthy"), "healthy")
+            zone, tag = query.get("zone") or None, query.get("tag") or None
         body, protected = self._instances(service, healthy, zone, tag)
         headers = {"X-Crossway-Protected": "true"} if protected else None
         return json_response(msgspec.Raw(body), index=catalog.revision, headers=headers)
