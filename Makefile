@@ -20,6 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-etcd
+	scripts/ensure-prometheus
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -31,6 +31,7 @@ from crossway import __version__
 from crossway.cli import config as config_cli
 from crossway.cli import coord as coord_cli
 from crossway.cli import registry as registry_cli
+from crossway.cli import stats as stats_cli
 from crossway.cli import trace as trace_cli
 from crossway.cli._common import EXIT_INTERRUPTED, fail, fail_unexpected, usage_error
 from crossway.core.durations import parse_duration
@@ -189,6 +190,7 @@ COMMANDS: tuple[Register, ...] = (
     config_cli.register,
     coord_cli.register,
     trace_cli.register,
+    stats_cli.register,
 )
 """Sub-command modules' `register` functions (see the module header)."""
 
