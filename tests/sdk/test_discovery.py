@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -356,3 +357,21 @@ async def test_stop_leaves_no_task_and_writes_pending_snapshots(
         await cache.instances("disc-other")
     await control.aclose()
     deregister(server.url, "disc-stop", "s-1")
+
+
+async def test_subscribe_from_another_thread_follows_in_the_loop(tmp_path: Path) -> None:
+    cache, _ = scripted(tmp_path, listings=[([inst("s", "a")], 10)], streams=[b""])
+    await cache.start()
+    heard: list[tuple[str, list[str]]] = []
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def callback(service: str, found: list[Instance]) -> None:
+        threads.append(threading.get_ident())
+        heard.append((service, [i.id for i in found]))
+
+    await asyncio.to_thread(cache.subscribe, "s", callback)
+    await eventually(lambda: bool(heard))
+    await cache.stop()
+    assert heard[0] == ("s", ["a"])
+    assert set(threads) == {loop_thread}

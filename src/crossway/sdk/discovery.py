@@ -265,6 +265,7 @@ class DiscoveryCache:
         self._followers: dict[str, _Follower] = {}
         self._started = False
         self._stopped = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         if metrics_registry is not None:
             metrics_registry.register(DiscoveryMetrics(self))
 
@@ -273,7 +274,8 @@ class DiscoveryCache:
         if self._stopped:
             raise RuntimeError("a stopped DiscoveryCache cannot start again")
         self._started = True
-        for follower in self._followers.values():
+        self._loop = asyncio.get_running_loop()
+        for follower in list(self._followers.values()):
             self._launch(follower)
 
     async def stop(self) -> None:
@@ -323,9 +325,12 @@ class DiscoveryCache:
     def subscribe(self, service: str, callback: Subscriber) -> Callable[[], None]:
         """Call `callback(service, instances)` after every change of the set;
         returns a function that unsubscribes. Follows the service from now (or
-        from `start()` when called before it, outside a running loop)."""
+        from `start()` when called before it, outside a running loop). May be
+        called from another thread; callbacks always run in the event loop."""
         follower = self._follow(service, launch=_loop_running())
         follower.subscribers.append(callback)
+        if follower.task is None and self._loop is not None and not _loop_running():
+            self._loop.call_soon_threadsafe(self._launch, follower)
 
         def unsubscribe() -> None:
             with contextlib.suppress(ValueError):
@@ -357,6 +362,7 @@ class DiscoveryCache:
             follower.view.grace = self.rebuild_grace
         if launch:
             self._started = True
+            self._loop = self._loop or asyncio.get_running_loop()
             self._launch(follower)
         return follower
 
