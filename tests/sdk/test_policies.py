@@ -256,7 +256,10 @@ def test_breakers_of_both_kinds() -> None:
         clock=CLOCK,
     )
     assert isinstance(rate, CircuitBreaker)
-    assert rate.config.failure_statuses == frozenset({503})
+    judge = rate.config.record_result
+    assert judge is not None
+    assert judge(FakeResponse(b"", {}, status_code=503))
+    assert not judge(FakeResponse(b"", {}, status_code=500))
     assert rate.config.ignore_exceptions == ignore
     assert build_breaker(CallPolicy(), name="x", ignore=(), clock=CLOCK) is None
 
@@ -275,48 +278,51 @@ def test_bulkhead_and_outlier_settings_carry_over() -> None:
 
 
 def test_retries_share_a_budget_and_split_by_idempotency() -> None:
-    spec = RetrySpec(attempts=4, backoff=BackoffSpec(base="10ms", cap="1s", jitter="equal"))
-    safe, unsafe = build_retries(
+    spec = RetrySpec(
+        attempts=4,
+        per_try_timeout="200ms",
+        backoff=BackoffSpec(base="10ms", cap="1s", jitter="equal"),
+    )
+    retries = build_retries(
         CallPolicy(retries=spec),
         safe_errors=(OSError,),
         unsent_errors=(ConnectionRefusedError,),
         abort_on=(LookupError,),
         clock=CLOCK,
     )
-    assert safe is not None
-    assert unsafe is not None
-    assert safe.budget is unsafe.budget is not None
-    assert safe.policy.retry_on_statuses == frozenset({502, 503, 504})
-    assert safe.policy.retry_on == (OSError,)
-    assert unsafe.policy.retry_on == (ConnectionRefusedError,)
-    assert not unsafe.policy.retry_on_statuses
-    assert safe.policy.backoff == Backoff(base=0.01, cap=1.0, jitter=Jitter.EQUAL)
-    assert safe.policy.max_attempts == 4
+    assert retries is not None
+    assert retries.budget is not None
+    assert retries.budget.percent_can_retry == 0.2
+    assert retries.per_try_timeout == 0.2
+    safe, unsafe = retries.safe, retries.unsafe
+    assert safe.retry_on_statuses == frozenset({502, 503, 504})
+    assert safe.retry_on == (OSError,)
+    assert safe.abort_on == unsafe.abort_on == (LookupError,)
+    assert unsafe.retry_on == (ConnectionRefusedError,)
+    assert not unsafe.retry_on_statuses
+    assert safe.backoff == Backoff(base=0.01, cap=1.0, jitter=Jitter.EQUAL)
+    assert safe.max_attempts == unsafe.max_attempts == 4
 
 
 def test_no_retries_when_off_or_a_single_attempt() -> None:
-    for retries in (None, RetrySpec(attempts=1)):
-        assert build_retries(
-            CallPolicy(retries=retries),
-            safe_errors=(),
-            unsent_errors=(),
-            abort_on=(),
-            clock=CLOCK,
-        ) == (None, None)
+    for spec in (None, RetrySpec(attempts=1)):
+        built = build_retries(
+            CallPolicy(retries=spec), safe_errors=(), unsent_errors=(), abort_on=(), clock=CLOCK
+        )
+        assert built is None
 
 
 def test_non_idempotent_retries_use_the_full_policy() -> None:
-    safe, unsafe = build_retries(
+    retries = build_retries(
         CallPolicy(retries=RetrySpec(non_idempotent=True, budget=None)),
         safe_errors=(OSError,),
         unsent_errors=(),
         abort_on=(),
         clock=CLOCK,
     )
-    assert safe is not None
-    assert unsafe is not None
-    assert unsafe.policy is safe.policy
-    assert safe.budget is None
+    assert retries is not None
+    assert retries.unsafe is retries.safe
+    assert retries.budget is None
 
 
 # -- following the control plane ---------------------------------------------------------------
@@ -346,6 +352,7 @@ def test_apply_event_puts_and_deletes() -> None:
 class FakeResponse:
     content: bytes
     headers: Mapping[str, str]
+    status_code: int = 200
 
 
 @dataclass

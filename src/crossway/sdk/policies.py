@@ -47,7 +47,8 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -74,7 +75,6 @@ from crossway.resilience import (
     ConsecutiveBreaker,
     FailurePolicy,
     Jitter,
-    Retry,
     RetryBudget,
     RetryPolicy,
 )
@@ -368,8 +368,14 @@ def build_breaker(
     if spec is None:
         return None
     statuses = frozenset(spec.fail_on) or SERVER_ERRORS
+
+    def failed(response: Any) -> bool:
+        # A predicate on `status_code` rather than `failure_statuses`: one
+        # attribute read per call instead of probing for a status attribute.
+        return getattr(response, "status_code", None) in statuses
+
     if spec.kind == "consecutive":
-        judge = FailurePolicy(ignore_exceptions=ignore, failure_statuses=statuses)
+        judge = FailurePolicy(ignore_exceptions=ignore, record_result=failed)
         return ConsecutiveBreaker(
             name,
             fail_max=spec.failures,
@@ -385,7 +391,7 @@ def build_breaker(
         wait_duration_in_open_state=parse_duration(spec.open_for),
         permitted_number_of_calls_in_half_open_state=spec.half_open_calls,
         ignore_exceptions=ignore,
-        failure_statuses=statuses,
+        record_result=failed,
     )
     return CircuitBreaker(name, config, clock=clock)
 
@@ -400,6 +406,20 @@ def build_bulkhead(policy: CallPolicy, *, name: str) -> Bulkhead | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """A policy's retries, folded: when to retry idempotent requests
+    (`safe`) and the others (`unsafe`), the budget they share, and the
+    per-try timeout. The transport drives them (first try inline, retries
+    on the slow path); the delays and limits are `RetryPolicy`'s and
+    `RetryBudget`'s."""
+
+    safe: RetryPolicy
+    unsafe: RetryPolicy
+    budget: RetryBudget | None
+    per_try_timeout: float | None
+
+
 def build_retries(
     policy: CallPolicy,
     *,
@@ -407,17 +427,15 @@ def build_retries(
     unsent_errors: ExceptionTypes,
     abort_on: ExceptionTypes,
     clock: Clock,
-    sleep: Callable[[float], None] | None = None,
-    async_sleep: Callable[[float], Awaitable[None]] | None = None,
-) -> tuple[Retry | None, Retry | None]:
-    """(retry for idempotent requests, retry for the others), sharing one budget.
+) -> Retries | None:
+    """The folded retries of `policy`, or None when it never retries.
 
     `safe_errors` are retried for idempotent requests, `unsent_errors` (the
     request never left) for every request; `abort_on` never.
     """
     spec = policy.retries
     if spec is None or spec.attempts <= 1:
-        return None, None
+        return None
     backoff = Backoff(
         base=parse_duration(spec.backoff.base),
         cap=parse_duration(spec.backoff.cap),
@@ -431,12 +449,6 @@ def build_retries(
             percent_can_retry=spec.budget.percent / 100.0,
             clock=clock,
         )
-    per_try = None if spec.per_try_timeout is None else parse_duration(spec.per_try_timeout)
-    drivers: dict[str, Any] = {"budget": budget, "attempt_timeout": per_try, "clock": clock}
-    if sleep is not None:
-        drivers["sleep"] = sleep
-    if async_sleep is not None:
-        drivers["async_sleep"] = async_sleep
     safe = RetryPolicy(
         max_attempts=spec.attempts,
         backoff=backoff,
@@ -447,9 +459,8 @@ def build_retries(
     unsafe = RetryPolicy(
         max_attempts=spec.attempts, backoff=backoff, retry_on=unsent_errors, abort_on=abort_on
     )
-    if spec.non_idempotent:
-        unsafe = safe
-    return Retry(safe, **drivers), Retry(unsafe, **drivers)
+    per_try = None if spec.per_try_timeout is None else parse_duration(spec.per_try_timeout)
+    return Retries(safe, safe if spec.non_idempotent else unsafe, budget, per_try)
 
 
 # -- which policy applies -------------------------------------------------------------------
@@ -559,7 +570,11 @@ async def follow_control_plane(book: PolicyBook, source: PolicySource) -> None:
             await _watch(book, source, index)
         except Exception as exc:
             if failures == 0:
-                log.warning("call policies: control plane unreachable (%s); keeping the last", exc)
+                log.warning(
+                    "call policies: cannot follow the control plane (%s); "
+                    "keeping the last known policies and retrying",
+                    exc,
+                )
             failures += 1
         await asyncio.sleep(RECONNECT.delay(failures, rand=random.random))
 

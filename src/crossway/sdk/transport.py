@@ -19,8 +19,9 @@ back through discovery. `response.url` and `response.request.url` stay what
 the caller asked for.
 
 Per service, a `ServiceStack` is folded once from the service's CallPolicy
-(policies.py) and rebuilt only when that policy changes; the per-request
-path is a dict lookup and calls into ready objects (linkerd2-proxy's layers):
+(policies.py) and rebuilt only when that policy changes (its breaker, budget
+and outlier state then start afresh); the per-request path is a dict lookup
+and calls into ready objects (linkerd2-proxy's layers):
 
     deadline (policy timeout, or the caller's deadline_scope)
       -> bulkhead -> circuit breaker (judges whole calls)
@@ -69,7 +70,7 @@ from crossway.core.clock import Clock, SystemClock
 from crossway.core.durations import parse_duration
 from crossway.core.errors import Unavailable
 from crossway.registry.model import NAME, Instance
-from crossway.resilience import DeadlineExceeded, Retry, current_deadline, deadline_scope
+from crossway.resilience import DeadlineExceeded, RetryPolicy, current_deadline, deadline_scope
 from crossway.resilience.deadline import remaining_time
 from crossway.sdk.policies import (
     CallPolicy,
@@ -94,7 +95,9 @@ from crossway.telemetry.tracecontext import (
 DEADLINE_HEADER = "X-Crossway-Deadline"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _MAX_PLAIN_HOSTS = 4096
-_TRACEPARENT_RAW = TRACEPARENT.encode()
+_TRACEPARENT, _TRACESTATE = TRACEPARENT.encode(), TRACESTATE.encode()
+_DEADLINE = DEADLINE_HEADER.lower().encode()
+_SUCCESS = Outcome.SUCCESS
 
 
 class NoInstancesError(Unavailable):
@@ -123,19 +126,29 @@ class Flavor:
     transport_error: type[BaseException]
     byte_stream: type[Any]  # a body that can be sent again
     rewrite: Callable[[Any, str, int], Any]  # (url, host, port) -> url
+    has_header: Callable[[Any, bytes], bool]  # (headers, lower-case name)
+    set_header: Callable[[Any, bytes, str], None]  # (headers, lower-case name, ASCII value)
+    add_header: Callable[[Any, bytes, str], None]  # set_header for a header known absent
+
+
+# Fast paths. httpx and httpx2 re-parse a whole URL to change its host (tens
+# of microseconds) and work out the encoding of every header before a lookup.
+# Both keep a parsed URL tuple (`_uri_reference`) and a list of
+# (raw name, lower-case name, value) triples (`_list`) inside; using them
+# directly makes the per-request path several times cheaper. Each fast path
+# is checked against the public API once, at import, and a library whose
+# insides differ gets the public API instead.
 
 
 def url_rewriter(url_cls: type[Any]) -> Callable[[Any, str, int], Any]:
-    """(url, host, port) -> the same URL on another host and port.
-
-    `URL.copy_with` re-parses the whole URL (tens of microseconds); httpx and
-    httpx2 keep a parsed tuple inside, so replacing two of its fields is
-    enough. Checked against `copy_with` once; any mismatch falls back to it.
-    """
+    """(url, host, port) -> the same URL on another host and port."""
 
     def fast(url: Any, host: str, port: int) -> Any:
+        ref = url._uri_reference  # (scheme, userinfo, host, port, path, query, fragment)
         out = object.__new__(url_cls)
-        out._uri_reference = url._uri_reference._replace(host=host, port=port)
+        out._uri_reference = tuple.__new__(
+            type(ref), (ref[0], ref[1], host, port, ref[4], ref[5], ref[6])
+        )
         return out
 
     def slow(url: Any, host: str, port: int) -> Any:
@@ -146,16 +159,82 @@ def url_rewriter(url_cls: type[Any]) -> Callable[[Any, str, int], Any]:
         for host in ("10.0.0.1", "::1", "h.example"):
             if str(fast(sample, host, 8)) != str(slow(sample, host, 8)):
                 return slow
-    except (AttributeError, TypeError):
+    except (AttributeError, TypeError, IndexError):
         return slow
     return fast
 
 
-HTTPX2 = Flavor(
+HeaderOps = tuple[
+    Callable[[Any, bytes], bool],
+    Callable[[Any, bytes, str], None],
+    Callable[[Any, bytes, str], None],
+]
+
+
+def header_ops(headers_cls: type[Any]) -> HeaderOps:
+    """(has_header, set_header, add_header) for a library's Headers class."""
+
+    def fast_has(headers: Any, name: bytes) -> bool:
+        for item in headers._list:  # noqa: SIM110 - a plain loop: no generator per call
+            if item[1] == name:
+                return True
+        return False
+
+    def fast_set(headers: Any, name: bytes, value: str) -> None:
+        entries = headers._list
+        entry = (name, name, value.encode("ascii"))
+        for i, item in enumerate(entries):
+            if item[1] == name:
+                entries[i] = entry
+                return
+        entries.append(entry)
+
+    def fast_add(headers: Any, name: bytes, value: str) -> None:
+        headers._list.append((name, name, value.encode("ascii")))
+
+    def slow_has(headers: Any, name: bytes) -> bool:
+        return any(k.lower() == name for k, _ in headers.raw)
+
+    def slow_set(headers: Any, name: bytes, value: str) -> None:
+        headers[name.decode("ascii")] = value
+
+    try:
+        fast_headers, slow_headers = (
+            headers_cls({"A": "1", "b": "2"}),
+            headers_cls({"A": "1", "b": "2"}),
+        )
+        for name, value in ((b"a", "3"), (b"c", "4")):
+            fast_set(fast_headers, name, value)
+            slow_set(slow_headers, name, value)
+        fast_add(fast_headers, b"e", "5")
+        slow_set(slow_headers, b"e", "5")
+        same = fast_headers.multi_items() == slow_headers.multi_items()
+        if same and fast_has(fast_headers, b"c") and not fast_has(fast_headers, b"d"):
+            return fast_has, fast_set, fast_add
+    except (AttributeError, TypeError, IndexError):
+        pass
+    return slow_has, slow_set, slow_set
+
+
+def flavor(
+    *,
+    unsent_errors: tuple[type[BaseException], ...],
+    transport_error: type[BaseException],
+    byte_stream: type[Any],
+    url_cls: type[Any],
+    headers_cls: type[Any],
+) -> Flavor:
+    has, set_, add = header_ops(headers_cls)
+    rewrite = url_rewriter(url_cls)
+    return Flavor(unsent_errors, transport_error, byte_stream, rewrite, has, set_, add)
+
+
+HTTPX2 = flavor(
     unsent_errors=(httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout),
     transport_error=httpx2.TransportError,
     byte_stream=httpx2.ByteStream,
-    rewrite=url_rewriter(httpx2.URL),
+    url_cls=httpx2.URL,
+    headers_cls=httpx2.Headers,
 )
 
 
@@ -182,11 +261,13 @@ class _Call:
 
     __slots__ = ("request", "response", "retry", "timeouts", "trace", "tried", "url")
 
-    def __init__(self, request: Any, retry: Retry | None, trace: tuple[str, str] | None) -> None:
+    def __init__(
+        self, request: Any, retry: RetryPolicy | None, trace: tuple[str, str] | None
+    ) -> None:
         self.request = request
         self.url = request.url
         self.retry = retry
-        self.trace = trace
+        self.trace = trace  # (prefix, suffix) of each attempt's traceparent
         self.timeouts: Any = None  # the caller's httpx timeouts, once shrunk
         self.tried: list[str] | None = None
         self.response: Any = None  # the last attempt's response, until returned
@@ -228,7 +309,7 @@ class ServiceStack:
         self.detector = build_outlier(policy, clock=clock)
         self.breaker = build_breaker(policy, name=service, ignore=(NoInstancesError,), clock=clock)
         self.bulkhead = build_bulkhead(policy, name=service)
-        self._safe, self._unsafe = build_retries(
+        self.retries = build_retries(
             policy,
             safe_errors=(flavor.transport_error, DeadlineExceeded),
             unsent_errors=flavor.unsent_errors,
@@ -237,7 +318,6 @@ class ServiceStack:
         )
         self.timeout = None if policy.timeout is None else parse_duration(policy.timeout)
         self._hash_header = policy.hash_header
-        self._rewrite = flavor.rewrite
         self.size = 0
 
     def update(self, instances: Iterable[Instance]) -> None:
@@ -252,20 +332,19 @@ class ServiceStack:
     # -- one logical call ---------------------------------------------------------------
 
     def _begin(self, request: Any) -> _Call:
-        retry = None
-        if isinstance(request.stream, self._flavor.byte_stream):
-            retry = self._safe if request.method in IDEMPOTENT else self._unsafe
+        retries, retry = self.retries, None
+        if retries is not None and isinstance(request.stream, self._flavor.byte_stream):
+            retry = retries.safe if request.method in IDEMPOTENT else retries.unsafe
         headers = request.headers
-        # A scan of the raw pairs: `in` would first work out the encoding of
-        # every header, which costs more than the whole scan.
-        if any(k.lower() == _TRACEPARENT_RAW for k, _ in headers.raw):
-            return _Call(request, retry, None)
+        if self._flavor.has_header(headers, _TRACEPARENT):
+            return _Call(request, retry, None)  # the caller's own: left alone
         parent = current_trace()
         if parent is not None and parent.tracestate:
-            headers[TRACESTATE] = format_tracestate(parent.tracestate)
+            self._flavor.set_header(headers, _TRACESTATE, format_tracestate(parent.tracestate))
         return _Call(request, retry, child_traceparent_parts(parent))
 
-    def _end(self, call: _Call) -> None:
+    @staticmethod
+    def _end(call: _Call) -> None:
         request = call.request
         request.url = call.url
         if call.timeouts is not None:
@@ -275,16 +354,19 @@ class ServiceStack:
 
     def _stamp(self, call: _Call) -> None:
         """Per-attempt headers; DeadlineExceeded when no time is left to send."""
-        request = call.request
-        trace = call.trace
+        request, trace = call.request, call.trace
         if trace is not None:
-            request.headers[TRACEPARENT] = trace[0] + new_span_id() + trace[1]
+            value = trace[0] + new_span_id() + trace[1]
+            if call.tried is None:  # the first attempt: `_begin` saw no traceparent
+                self._flavor.add_header(request.headers, _TRACEPARENT, value)
+            else:
+                self._flavor.set_header(request.headers, _TRACEPARENT, value)
         left = remaining_time()
         if left is None:
             return
         if left <= 0:
             raise DeadlineExceeded(f"deadline exceeded before calling {self.service}")
-        request.headers[DEADLINE_HEADER] = str(int(left * 1000))
+        self._flavor.set_header(request.headers, _DEADLINE, str(int(left * 1000)))
         if call.timeouts is None:
             call.timeouts = request.extensions.get("timeout") or {}
         request.extensions["timeout"] = _shrunk(call.timeouts, left)
@@ -328,12 +410,16 @@ class ServiceStack:
         )
 
     def _answered(self, endpoint: Endpoint, call: Call, status: int) -> None:
+        detector = self.detector
+        if call is NO_CALL and detector is None:
+            return
         with self._lock:
             now = self._now()
             if call is not NO_CALL:
                 call.end(ok=status < 500, now=now)
-            if self.detector is not None:
-                self.detector.record(endpoint.id, Outcome.from_status(status), now)
+            if detector is not None:
+                outcome = _SUCCESS if status < 500 else Outcome.from_status(status)
+                detector.record(endpoint.id, outcome, now)
 
     def _failed(self, endpoint: Endpoint, call: Call, exc: BaseException) -> None:
         # Transport errors and per-try timeouts count against the instance;
@@ -347,10 +433,25 @@ class ServiceStack:
             if against and self.detector is not None:
                 self.detector.record(endpoint.id, Outcome.GATEWAY_ERROR, now)
 
+    def _next_delay(
+        self, policy: RetryPolicy, tries: int, start: float, previous: float | None
+    ) -> float | None:
+        """Seconds before the next try, or None to give up: the policy's
+        limits and backoff, the deadline, then the budget (asked last, so a
+        retry that would not happen anyway spends nothing)."""
+        delay = policy.next_delay(
+            tries, elapsed=self._now() - start, remaining=remaining_time(), previous=previous
+        )
+        budget = self.retries.budget if self.retries is not None else None
+        if delay is None or (budget is not None and not budget.try_withdraw()):
+            return None
+        return delay
+
     # -- async ------------------------------------------------------------------------------
 
     def fold_async(self, send: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
         """The call function for this stack over an async `send`; see the header."""
+        rewrite = self._flavor.rewrite
 
         async def attempt(call: _Call) -> Any:
             held = call.response
@@ -360,7 +461,7 @@ class ServiceStack:
             self._stamp(call)
             endpoint, lb_call = self._choose(call)
             request = call.request
-            request.url = self._rewrite(call.url, endpoint.address, endpoint.port)
+            request.url = rewrite(call.url, endpoint.address, endpoint.port)
             try:
                 response = await send(request)
             except BaseException as exc:
@@ -370,18 +471,67 @@ class ServiceStack:
             call.response = response
             return response
 
-        async def attempts(call: _Call) -> Any:
-            retry = call.retry
-            if retry is None:
-                return await attempt(call)
-            return await retry.call_async(attempt, call)
+        per_try = self.retries.per_try_timeout if self.retries is not None else None
+        if per_try is not None:
+            bare = attempt
 
-        guarded = attempts
+            async def attempt(call: _Call) -> Any:
+                async with deadline_scope(per_try):
+                    return await bare(call)
+
+        guarded = self._retrying_async(attempt)
         if self.breaker is not None:
             guarded = self.breaker(guarded)
         if self.bulkhead is not None:
             guarded = self.bulkhead(guarded)
         return self._entry_async(guarded)
+
+    def _retrying_async(
+        self, attempt: Callable[[_Call], Awaitable[Any]]
+    ) -> Callable[[_Call], Awaitable[Any]]:
+        budget = self.retries.budget if self.retries is not None else None
+        now = self._now
+
+        async def attempts(call: _Call) -> Any:
+            policy = call.retry
+            start = now()
+            if budget is not None:
+                budget.deposit(start)  # every call earns its share of retries
+            if policy is None:
+                return await attempt(call)
+            try:
+                response = await attempt(call)
+            except Exception as exc:
+                if not policy.retryable_exception(exc):
+                    raise
+                return await again(call, policy, start, exc)
+            if response.status_code in policy.retry_on_statuses:
+                return await again(call, policy, start, None)
+            return response
+
+        async def again(
+            call: _Call, policy: RetryPolicy, start: float, exc: Exception | None
+        ) -> Any:
+            # The slow path: every try after the first failed one.
+            tries, previous = 1, None
+            while (delay := self._next_delay(policy, tries, start, previous)) is not None:
+                await asyncio.sleep(delay)
+                tries, previous = tries + 1, delay
+                try:
+                    response = await attempt(call)
+                except Exception as failure:
+                    if not policy.retryable_exception(failure):
+                        raise
+                    exc = failure
+                    continue
+                exc = None
+                if response.status_code not in policy.retry_on_statuses:
+                    return response
+            if exc is not None:
+                raise exc
+            return call.response  # the last answer, given up on
+
+        return attempts
 
     def _entry_async(
         self, guarded: Callable[[_Call], Awaitable[Any]]
@@ -410,16 +560,24 @@ class ServiceStack:
     def fold_sync(self, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """As `fold_async`, for a blocking `send` (deadlines are cooperative:
         they shrink each attempt's timeouts and stop retries)."""
+        rewrite = self._flavor.rewrite
+        per_try = self.retries.per_try_timeout if self.retries is not None else None
 
         def attempt(call: _Call) -> Any:
             held = call.response
             if held is not None:
                 call.response = None
                 held.close()
+            if per_try is not None:
+                with deadline_scope(per_try):
+                    return sent(call)
+            return sent(call)
+
+        def sent(call: _Call) -> Any:
             self._stamp(call)
             endpoint, lb_call = self._choose(call)
             request = call.request
-            request.url = self._rewrite(call.url, endpoint.address, endpoint.port)
+            request.url = rewrite(call.url, endpoint.address, endpoint.port)
             try:
                 response = send(request)
             except BaseException as exc:
@@ -429,11 +587,7 @@ class ServiceStack:
             call.response = response
             return response
 
-        def attempts(call: _Call) -> Any:
-            retry = call.retry
-            return attempt(call) if retry is None else retry.call(attempt, call)
-
-        guarded = attempts
+        guarded = self._retrying_sync(attempt)
         if self.breaker is not None:
             guarded = self.breaker(guarded)
         if self.bulkhead is not None:
@@ -456,6 +610,41 @@ class ServiceStack:
                 end(call)
 
         return call_service
+
+    def _retrying_sync(self, attempt: Callable[[_Call], Any]) -> Callable[[_Call], Any]:
+        budget = self.retries.budget if self.retries is not None else None
+        now = self._now
+
+        def attempts(call: _Call) -> Any:
+            policy = call.retry
+            start = now()
+            if budget is not None:
+                budget.deposit(start)
+            if policy is None:
+                return attempt(call)
+            tries, previous = 1, None
+            exc: Exception | None = None
+            while True:
+                try:
+                    response = attempt(call)
+                except Exception as failure:
+                    if not policy.retryable_exception(failure):
+                        raise
+                    exc = failure
+                else:
+                    exc = None
+                    if response.status_code not in policy.retry_on_statuses:
+                        return response
+                delay = self._next_delay(policy, tries, start, previous)
+                if delay is None:
+                    break
+                time.sleep(delay)
+                tries, previous = tries + 1, delay
+            if exc is not None:
+                raise exc
+            return call.response
+
+        return attempts
 
 
 def is_service_host(host: str, passthrough: frozenset[str]) -> bool:

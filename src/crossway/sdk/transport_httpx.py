@@ -32,7 +32,7 @@ from crossway.sdk.transport import (
     SyncCore,
     TransportOptions,
     client_options,
-    url_rewriter,
+    flavor,
 )
 
 __all__ = [
@@ -44,11 +44,12 @@ __all__ = [
     "sync_httpx_client",
 ]
 
-HTTPX = Flavor(
+HTTPX: Flavor = flavor(
     unsent_errors=(httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout),
     transport_error=httpx.TransportError,
     byte_stream=httpx.ByteStream,
-    rewrite=url_rewriter(httpx.URL),
+    url_cls=httpx.URL,
+    headers_cls=httpx.Headers,
 )
 
 
