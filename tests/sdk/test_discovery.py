@@ -254,15 +254,10 @@ def server() -> CrosswayServer:
     return shared_server("memory")  # one for every module; names here are this module's
 
 
-def new_cache(
-    url: str, cache_dir: Path, grace: float | None = None
-) -> tuple[DiscoveryCache, CollectorRegistry]:
+def new_cache(url: str, cache_dir: Path) -> tuple[DiscoveryCache, CollectorRegistry]:
     registry = CollectorRegistry()
     control = ControlPlane(ClientSettings(url=url, address="127.0.0.1", timeout=2.0))
-    cache = DiscoveryCache(
-        control, cache_dir=cache_dir, metrics_registry=registry, rebuild_grace=grace
-    )
-    return cache, registry
+    return DiscoveryCache(control, cache_dir=cache_dir, metrics_registry=registry), registry
 
 
 def register(url: str, service: str, iid: str, port: int = 80, ttl: str = "60s") -> None:
