@@ -35,12 +35,15 @@ from crossway.sdk.policies import (
 )
 from crossway.sdk.transport import (
     DEADLINE_HEADER,
+    HTTPX2,
     CrosswaySyncTransport,
     CrosswayTransport,
     NoInstancesError,
     async_client,
+    header_ops,
     is_service_host,
     sync_client,
+    url_rewriter,
 )
 from crossway.telemetry.tracecontext import TraceContext, parse_traceparent, use_trace
 
@@ -832,3 +835,61 @@ async def test_httpx_adapter_calls_services(discovery: FakeDiscovery) -> None:
     )
     with httpx.Client(transport=sync) as http:
         assert http.get("http://orders/a").status_code == 200
+
+
+# -- fast paths ------------------------------------------------------------------------------------
+
+
+class BareHeaders:
+    """Headers with only the public API (no internal list)."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.pairs = [(k.encode(), v.encode()) for k, v in values.items()]
+
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        return list(self.pairs)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        pair = (key.encode(), value.encode())
+        for i, (k, _) in enumerate(self.pairs):
+            if k.lower() == pair[0].lower():
+                self.pairs[i] = pair
+                return
+        self.pairs.append(pair)
+
+    def multi_items(self) -> list[tuple[str, str]]:
+        return [(k.decode().lower(), v.decode()) for k, v in self.pairs]
+
+
+def test_fast_paths_fall_back_to_the_public_api() -> None:
+    has, set_, add = header_ops(BareHeaders)
+    assert (has.__name__, set_.__name__, add.__name__) == ("slow_has", "slow_set", "slow_set")
+    headers = BareHeaders({"Accept": "*/*"})
+    add(headers, b"traceparent", "x")
+    set_(headers, b"traceparent", "y")
+    assert has(headers, b"traceparent")
+    assert headers.multi_items() == [("accept", "*/*"), ("traceparent", "y")]
+    rewrite = url_rewriter(str)
+    assert rewrite.__name__ == "slow"
+    moved = rewrite(httpx2.URL("http://orders/a?b=c"), "::1", 8080)
+    assert str(moved) == "http://[::1]:8080/a?b=c"
+
+
+def test_fast_paths_agree_with_the_public_api() -> None:
+    has, set_, add = header_ops(httpx2.Headers)
+    assert set_.__name__ == "fast_set"
+    headers = httpx2.Headers({"Accept": "*/*", "X-B": "1"})
+    add(headers, b"traceparent", "x")
+    set_(headers, b"x-b", "2")
+    set_(headers, b"x-c", "3")
+    assert headers.multi_items() == [
+        ("accept", "*/*"),
+        ("x-b", "2"),
+        ("traceparent", "x"),
+        ("x-c", "3"),
+    ]
+    assert has(headers, b"x-c")
+    assert not has(headers, b"x-d")
+    url = httpx2.URL("https://orders:9/a/b?c=d#e")
+    assert HTTPX2.rewrite(url, "10.0.0.2", 8443) == url.copy_with(host="10.0.0.2", port=8443)
