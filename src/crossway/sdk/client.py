@@ -44,7 +44,7 @@ from crossway.sdk.registration import Registrar, registration_body
 from crossway.sdk.settings import ClientSettings, InvalidSettings
 
 if TYPE_CHECKING:
-    from crossway.sdk.config import BoundConfig  # type: ignore[import-not-found,unused-ignore]
+    from crossway.sdk.config import BoundConfig
 
 M = TypeVar("M")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -301,14 +301,14 @@ class Client:
     def http(self, **httpx_kwargs: Any) -> httpx2.AsyncClient:
         """An `httpx2.AsyncClient` whose `http://<service>/…` URLs resolve
         through discovery, with the service's call policy applied."""
-        from crossway.sdk.transport import async_client  # type: ignore[import-not-found,unused-ignore]
+        from crossway.sdk.transport import async_client
 
         client: httpx2.AsyncClient = async_client(self, **httpx_kwargs)
         return client
 
     def http_sync(self, **httpx_kwargs: Any) -> httpx2.Client:
         """The synchronous twin of `http()`."""
-        from crossway.sdk.transport import sync_client  # type: ignore[import-not-found,unused-ignore]
+        from crossway.sdk.transport import sync_client
 
         client: httpx2.Client = sync_client(self, **httpx_kwargs)
         return client
@@ -323,7 +323,7 @@ class Client:
         on_change: Any = None,
     ) -> BoundConfig[M]:
         """A settings object bound to a config entry, updated in place on change."""
-        from crossway.sdk.config import bind  # type: ignore[import-not-found,unused-ignore]
+        from crossway.sdk.config import bind
 
         bound: BoundConfig[M] = bind(
             self, model_cls, key, group=group, namespace=namespace, on_change=on_change
