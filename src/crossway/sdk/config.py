@@ -660,17 +660,6 @@ async def stop_bindings(client: Any) -> None:
     await asyncio.gather(*(b.stop() for b in bindings(client)))
 
 
-def bind(
-    client: Any,
-    model_cls: type[M],
-    key: str,
-    *,
-    group: str = DEFAULT_GROUP,
-    namespace: str | None = None,
-    on_change: ChangeCallback[M] | None = None,
-) -> BoundConfig[M]:
-    """A `BoundConfig` of `model_cls` for `namespace/group/key` (namespace
-    defaults to the client's). No I/O: start it (see the module header)."""
-    return BoundConfig(
-        client, model_cls, key, group=group, namespace=namespace, on_change=on_change
-    )
+bind = BoundConfig
+"""`bind(client, Model, key, *, group=…, namespace=…, on_change=…)`: what
+`client.bind(...)` returns; no I/O until started (see the module header)."""

@@ -379,6 +379,43 @@ def _keep(task: asyncio.Task[Any]) -> None:
 # -- the balanced pool -------------------------------------------------------------------------
 
 
+class _Target(NamedTuple):
+    kind: str
+    method: str
+    serializer: Any
+    deserializer: Any
+    extra: dict[str, Any]
+
+
+class _Bound:
+    """What the factories return: calling it makes one call through the pool
+    (an awaitable for unary_unary, the grpc call object for the others)."""
+
+    def __init__(self, pool: Balanced, target: _Target) -> None:
+        self._pool, self._target = pool, target
+
+    def __call__(self, request: Any, **options: Any) -> Any:
+        if self._target.kind == "unary_unary":
+            return self._pool.call_unary(self._target, request, options)
+        return self._pool.call_once(self._target, request, options)
+
+
+def _factory(kind: str) -> Callable[..., _Bound]:
+    def factory(
+        pool: Balanced,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        **kwargs: Any,
+    ) -> _Bound:
+        return _Bound(
+            pool, _Target(kind, method, request_serializer, response_deserializer, kwargs)
+        )
+
+    factory.__name__ = factory.__qualname__ = kind
+    return factory
+
+
 class Balanced:
     """A channel-like pool over every instance of `service`; see the module header.
 
@@ -475,47 +512,12 @@ class Balanced:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    # -- the channel-like surface ---------------------------------------------------------------
+    # -- the channel-like surface a generated stub calls ------------------------------------
 
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        target = _Target("unary_unary", method, request_serializer, response_deserializer, kwargs)
-        return _Retried(self, target)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        target = _Target("unary_stream", method, request_serializer, response_deserializer, kwargs)
-        return _Once(self, target)
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        target = _Target("stream_unary", method, request_serializer, response_deserializer, kwargs)
-        return _Once(self, target)
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        target = _Target("stream_stream", method, request_serializer, response_deserializer, kwargs)
-        return _Once(self, target)
+    unary_unary = _factory("unary_unary")
+    unary_stream = _factory("unary_stream")
+    stream_unary = _factory("stream_unary")
+    stream_stream = _factory("stream_stream")
 
     # -- one call -------------------------------------------------------------------------------
 
@@ -628,52 +630,7 @@ class Balanced:
         return found
 
 
-class _Target(NamedTuple):
-    kind: str
-    method: str
-    serializer: Any
-    deserializer: Any
-    extra: dict[str, Any]
-
-
-class _Retried:
-    """What `Balanced.unary_unary` returns: calling it returns an awaitable."""
-
-    def __init__(self, pool: Balanced, target: _Target) -> None:
-        self._pool, self._target = pool, target
-
-    def __call__(self, request: Any, **options: Any) -> Awaitable[Any]:
-        return self._pool.call_unary(self._target, request, options)
-
-
-class _Once:
-    """What the streaming factories return: calling it returns the grpc call."""
-
-    def __init__(self, pool: Balanced, target: _Target) -> None:
-        self._pool, self._target = pool, target
-
-    def __call__(self, request: Any, **options: Any) -> Any:
-        return self._pool.call_once(self._target, request, options)
-
-
-def channel_pool(
-    client: Any,
-    service: str,
-    *,
-    interceptors: Iterable[Any] | None = None,
-    policy: CallPolicy | None = None,
-    idempotent: Idempotent = (),
-    credentials: Any = None,
-    channel_options: Iterable[tuple[str, Any]] = (),
-) -> Balanced:
-    """A `Balanced` pool of channels to `service` for `client` (start it with
-    `async with` or `await pool.start()`; unary calls also start it)."""
-    return Balanced(
-        client,
-        service,
-        interceptors=interceptors,
-        policy=policy,
-        idempotent=idempotent,
-        credentials=credentials,
-        channel_options=channel_options,
-    )
+channel_pool = Balanced
+"""`channel_pool(client, service, *, interceptors=…, policy=…, idempotent=…)`: the
+pool of channels to `service` (start it with `async with` or `await
+pool.start()`; a unary call also starts it)."""
