@@ -377,3 +377,24 @@ def test_decisions() -> None:
     assert never_sent(grpc.StatusCode.UNAVAILABLE, refused, was_connected=False)
     assert not never_sent(grpc.StatusCode.UNAVAILABLE, refused, was_connected=True)
     assert not never_sent(grpc.StatusCode.UNAVAILABLE, "Socket closed", was_connected=False)
+
+
+async def test_a_failed_start_is_tried_again(client: FakeClient) -> None:
+    real = client.discovery.instances
+    calls = 0
+
+    async def flaky(service: str) -> list[Instance]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("control plane unreachable")
+        return await real(service)
+
+    client.discovery.instances = flaky  # type: ignore[method-assign]
+    pool = channel_pool(client, "echo")
+    with pytest.raises(ConnectionError):
+        await pool.start()
+    try:
+        assert await pool.unary_unary(WHO)(b"") in (b"e0", b"e1", b"e2")
+    finally:
+        await pool.close()

@@ -461,11 +461,20 @@ class Balanced:
 
     async def start(self) -> Balanced:
         """Wait for the first list of instances and follow changes; idempotent.
-        Failure and cancellation are as for `DiscoveryCache.instances`."""
-        if self._starting is None:
-            self._starting = asyncio.get_running_loop().create_task(self._follow())
-        await asyncio.shield(self._starting)
+        Failure and cancellation are as for `DiscoveryCache.instances`; after
+        a failure the next call tries again."""
+        await asyncio.shield(self._following())
         return self
+
+    def _following(self) -> asyncio.Task[None]:
+        if self._starting is None:
+            task = self._starting = asyncio.get_running_loop().create_task(self._follow())
+            task.add_done_callback(self._followed)
+        return self._starting
+
+    def _followed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._starting = None  # retrieved here, raised to whoever awaited it
 
     async def _follow(self) -> None:
         discovery = self.client.discovery
@@ -566,7 +575,7 @@ class Balanced:
         """One streaming call on one endpoint: the grpc call object itself."""
         if self._starting is None:  # not started: use what discovery holds, follow from now
             self._update(self.client.discovery.peek(self.service) or [])
-            self._starting = asyncio.get_running_loop().create_task(self._follow())
+            self._following()
         endpoint = self._pick([], options.get("metadata"))
         channel = self._channel(endpoint)
         call = self.balancer.begin(endpoint)
