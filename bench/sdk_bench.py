@@ -36,8 +36,8 @@ from crossway.registry.model import Instance
 from crossway.sdk.policies import BreakerSpec, CallPolicy, OutlierSpec, RetrySpec, encode_policy
 from crossway.sdk.transport import CrosswaySyncTransport, CrosswayTransport
 
-ROUNDS = 30
-BLOCK = 100
+ROUNDS = 40
+BLOCK = 120
 WARMUP = 200
 MOCK_BLOCK = 400
 P50_TARGET = 0.15

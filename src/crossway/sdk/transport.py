@@ -318,6 +318,7 @@ class ServiceStack:
         )
         self.timeout = None if policy.timeout is None else parse_duration(policy.timeout)
         self._hash_header = policy.hash_header
+        self._ejected: frozenset[str] = frozenset()
         self.size = 0
 
     def update(self, instances: Iterable[Instance]) -> None:
@@ -373,12 +374,16 @@ class ServiceStack:
 
     def _choose(self, call: _Call) -> tuple[Endpoint, Call]:
         """Pick an instance (another one than before, when possible) and begin."""
+        balancer, detector = self.balancer, self.detector
         with self._lock:
             now = self._now()
-            if self.detector is not None:
-                self.balancer.set_ejected(self.detector.ejected(now))
+            if detector is not None:
+                ejected = detector.ejected(now)  # the same object while nothing changed
+                if ejected is not self._ejected:
+                    balancer.set_ejected(ejected)
+                    self._ejected = ejected
             key = call.request.headers.get(self._hash_header) if self._hash_header else None
-            endpoint = self.balancer.pick(key)
+            endpoint = balancer.pick(key)
             if endpoint is None:
                 raise self._no_instances()
             tried = call.tried
@@ -387,7 +392,7 @@ class ServiceStack:
             else:
                 endpoint = self._another(endpoint, tried)
                 tried.append(endpoint.id)
-            return endpoint, self.balancer.begin(endpoint, now)
+            return endpoint, balancer.begin(endpoint, now)
 
     def _another(self, endpoint: Endpoint, tried: list[str]) -> Endpoint:
         # A few unkeyed picks: a retry should not return to the instance that
@@ -451,23 +456,25 @@ class ServiceStack:
 
     def fold_async(self, send: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
         """The call function for this stack over an async `send`; see the header."""
-        rewrite = self._flavor.rewrite
+        # Bound once: this closure is the per-attempt hot path.
+        rewrite, stamp, choose = self._flavor.rewrite, self._stamp, self._choose
+        answered, failed = self._answered, self._failed
 
         async def attempt(call: _Call) -> Any:
             held = call.response
             if held is not None:
                 call.response = None
                 await held.aclose()
-            self._stamp(call)
-            endpoint, lb_call = self._choose(call)
+            stamp(call)
+            endpoint, lb_call = choose(call)
             request = call.request
             request.url = rewrite(call.url, endpoint.address, endpoint.port)
             try:
                 response = await send(request)
             except BaseException as exc:
-                self._failed(endpoint, lb_call, exc)
+                failed(endpoint, lb_call, exc)
                 raise
-            self._answered(endpoint, lb_call, response.status_code)
+            answered(endpoint, lb_call, response.status_code)
             call.response = response
             return response
 
@@ -560,7 +567,8 @@ class ServiceStack:
     def fold_sync(self, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """As `fold_async`, for a blocking `send` (deadlines are cooperative:
         they shrink each attempt's timeouts and stop retries)."""
-        rewrite = self._flavor.rewrite
+        rewrite, stamp, choose = self._flavor.rewrite, self._stamp, self._choose
+        answered, failed = self._answered, self._failed
         per_try = self.retries.per_try_timeout if self.retries is not None else None
 
         def attempt(call: _Call) -> Any:
@@ -574,16 +582,16 @@ class ServiceStack:
             return sent(call)
 
         def sent(call: _Call) -> Any:
-            self._stamp(call)
-            endpoint, lb_call = self._choose(call)
+            stamp(call)
+            endpoint, lb_call = choose(call)
             request = call.request
             request.url = rewrite(call.url, endpoint.address, endpoint.port)
             try:
                 response = send(request)
             except BaseException as exc:
-                self._failed(endpoint, lb_call, exc)
+                failed(endpoint, lb_call, exc)
                 raise
-            self._answered(endpoint, lb_call, response.status_code)
+            answered(endpoint, lb_call, response.status_code)
             call.response = response
             return response
 
