@@ -58,7 +58,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from crossway.server.api import config, coord, registry, stats, system, traces, watch
+from crossway.server.api import config, coord, policies, registry, stats, system, traces, watch
 from crossway.server.context import ServerContext
 from crossway.server.errors import ErrorBoundary
 from crossway.server.middleware import BearerAuth, HttpMetrics, RequestObserver
@@ -73,6 +73,7 @@ ROUTE_PROVIDERS: tuple[RouteProvider, ...] = (
     stats.routes,
     config.routes,
     coord.routes,
+    policies.routes,
     traces.routes,
 )
 
