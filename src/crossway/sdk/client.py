@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -161,6 +162,9 @@ class Client:
         # Resign first (another process takes over at once), then deregister,
         # then stop following and close the connections.
         steps: list[Callable[[], Awaitable[None]]] = [h.stop for h in reversed(self._helpers)]
+        config = sys.modules.get("crossway.sdk.config")
+        if config is not None:  # bound settings stop following with their client
+            steps.append(functools.partial(config.stop_bindings, self))
         if self._registrar is not None:
             steps.append(functools.partial(self._registrar.stop, deregister=deregister))
         steps += [self.discovery.stop, self.control.aclose]
