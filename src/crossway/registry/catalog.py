@@ -22,6 +22,11 @@ Invariants
    a lease with no instance has no entry.
 4. A service's memo is emptied by every change to the service and by a
    re-list, so it never holds an answer older than the service.
+5. The instances of the view are shared, read-only values (copy one with
+   `msgspec.structs.replace` to change it): instances with equal tags share
+   one tags list. Instances are invisible to the cyclic garbage collector and
+   a list is not, so sharing keeps 100,000 instances from adding 100,000
+   objects to every full collection (a pause of hundreds of milliseconds).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class Catalog:
         self._store = store
         self.services: dict[str, ServiceEntry] = {}
         self.leases: dict[int, int] = {}
+        self._tag_lists: dict[tuple[str, ...], list[str]] = {}
         self.revision = 0
         self.modified = 0
         self._changed = asyncio.Event()
@@ -86,6 +92,7 @@ class Catalog:
         old = self.services
         self.services = {}
         self.leases = {}
+        self._tag_lists = {}
         for kv in listing.kvs:
             self._apply_put(kv.key, kv.value, kv.mod_revision)
         for name, entry in old.items():
@@ -135,6 +142,7 @@ class Catalog:
         except msgspec.DecodeError:
             log.warning("ignoring undecodable instance at %s", key)
             return
+        instance.tags = self._shared_tags(instance.tags)
         entry = self.services.setdefault(service, ServiceEntry())
         old = entry.instances.get(instance_id)
         entry.instances[instance_id] = instance
@@ -164,6 +172,14 @@ class Catalog:
             # Keep the entry so a blocking query sees the service change to empty.
             pass
         self._notify(service, instance_id, old, None)
+
+    def _shared_tags(self, tags: list[str]) -> list[str]:
+        """The one list of these tags every instance of the view shares (5)."""
+        key = tuple(tags)
+        shared = self._tag_lists.get(key)
+        if shared is None:
+            shared = self._tag_lists[key] = tags
+        return shared
 
     def _count_lease(self, instance: Instance | None, delta: int) -> None:
         if instance is None or not instance.lease:
