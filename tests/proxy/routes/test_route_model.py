@@ -57,7 +57,10 @@ def _field_of(raw: str) -> str:
         ('{"direct_response": {"status": 99}}', "$.direct_response.status"),
         ('{"backends": [{"service": "a"}], "timeout": "soon"}', "$.timeout"),
         ('{"backends": [{"service": "a"}], "retries": {"attempts": 0}}', "$.retries.attempts"),
-        ('{"backends": [{"service": "a"}], "retries": {"on": ["never"]}}', "$.retries.on[0]"),
+        (
+            '{"backends": [{"service": "a"}], "retries": {"conditions": ["x"]}}',
+            "$.retries.conditions[0]",
+        ),
         (
             '{"backends": [{"service": "a"}], "mirror": {"service": "b", "percent": 101}}',
             "$.mirror.percent",

@@ -193,12 +193,13 @@ class RetryBudget(_Spec, frozen=True):
 
 class Retries(_Spec, frozen=True):
     """`attempts` counts every try, the first included. A request is retried
-    on the `on` conditions; `statuses` are the "retriable-status" codes.
+    on the `conditions`; `statuses` are the "retriable-status" codes.
+    (Not `on`, the usual name: YAML 1.1 reads an unquoted `on` key as true.)
     Only idempotent methods are retried unless `non_idempotent` (a connect
     failure, where nothing was sent, is retried for every method)."""
 
     attempts: int = 1
-    on: tuple[RetryCondition, ...] = ("connect-failure", "reset", "gateway-error")
+    conditions: tuple[RetryCondition, ...] = ("connect-failure", "reset", "gateway-error")
     statuses: tuple[int, ...] = ()
     non_idempotent: bool = False
     per_try_timeout: Duration | None = None
