@@ -1,6 +1,20 @@
 """Gateway routes: the route document, its compiled table, the pure actions,
 and the configuration snapshot loaded from YAML or the control plane."""
 
+from crossway.proxy.routes.actions import (
+    Decision,
+    LocalResponse,
+    RouteActions,
+    WeightedSplit,
+    decide,
+)
+from crossway.proxy.routes.config import (
+    ConfigFileError,
+    GatewayConfig,
+    check_route_name,
+    load_config,
+    parse_config,
+)
 from crossway.proxy.routes.model import (
     Backend,
     Cors,
@@ -23,17 +37,24 @@ from crossway.proxy.routes.model import (
     decode_route,
     encode_route,
 )
+from crossway.proxy.routes.table import CompiledRoute, Match, RouteTable
 
 __all__ = [
     "Backend",
+    "CompiledRoute",
+    "ConfigFileError",
     "Cors",
+    "Decision",
     "DirectResponse",
     "Fault",
     "FaultAbort",
     "FaultDelay",
+    "GatewayConfig",
     "HeaderEdits",
     "HeaderMatch",
     "HeaderRoute",
+    "LocalResponse",
+    "Match",
     "Mirror",
     "QueryMatch",
     "Redirect",
@@ -41,8 +62,15 @@ __all__ = [
     "RetryBudget",
     "Rewrite",
     "Route",
+    "RouteActions",
     "RouteMatch",
+    "RouteTable",
+    "WeightedSplit",
     "check_route",
+    "check_route_name",
+    "decide",
     "decode_route",
     "encode_route",
+    "load_config",
+    "parse_config",
 ]

@@ -138,7 +138,7 @@ def _routes(raw: object, source: str, root: yaml.Node | None) -> dict[str, Route
     routes: dict[str, Route] = {}
     for name, body in raw.items():
         try:
-            check_route_name(str(name))
+            check_route_name(str(name), "$")
             routes[str(name)] = route_from_object(body)
         except InvalidArgument as exc:
             raise _route_error(source, routes_node, str(name), exc) from None
@@ -149,7 +149,6 @@ def _route_error(
     source: str, routes_node: yaml.Node | None, name: str, exc: InvalidArgument
 ) -> ConfigFileError:
     inner = str(exc.details.get("field", "$"))
-    inner = "$" if inner == "name" else inner
     node, line = _child(routes_node, name, None) if routes_node is not None else (None, 0)
     line = _walk(node, inner, line)
     message = _AT_SUFFIX.sub("", exc.message).removeprefix(f"{inner.removeprefix('$.')}: ")
