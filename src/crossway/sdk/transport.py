@@ -269,7 +269,7 @@ class _Call:
         self.retry = retry
         self.trace = trace  # (prefix, suffix) of each attempt's traceparent
         self.timeouts: Any = None  # the caller's httpx timeouts, once shrunk
-        self.tried: list[str] | None = None
+        self.tried: list[str] | None = None  # instances tried; None before the first attempt
         self.response: Any = None  # the last attempt's response, until returned
 
 
@@ -318,6 +318,7 @@ class ServiceStack:
         )
         self.timeout = None if policy.timeout is None else parse_duration(policy.timeout)
         self._hash_header = policy.hash_header
+        self._rewrite = flavor.rewrite
         self._ejected: frozenset[str] = frozenset()
         self.size = 0
 
@@ -353,27 +354,24 @@ class ServiceStack:
 
     # -- one attempt ------------------------------------------------------------------------
 
-    def _stamp(self, call: _Call) -> None:
-        """Per-attempt headers; DeadlineExceeded when no time is left to send."""
-        request, trace = call.request, call.trace
-        if trace is not None:
-            value = trace[0] + new_span_id() + trace[1]
-            if call.tried is None:  # the first attempt: `_begin` saw no traceparent
-                self._flavor.add_header(request.headers, _TRACEPARENT, value)
-            else:
-                self._flavor.set_header(request.headers, _TRACEPARENT, value)
-        left = remaining_time()
-        if left is None:
-            return
-        if left <= 0:
-            raise DeadlineExceeded(f"deadline exceeded before calling {self.service}")
-        self._flavor.set_header(request.headers, _DEADLINE, str(int(left * 1000)))
-        if call.timeouts is None:
-            call.timeouts = request.extensions.get("timeout") or {}
-        request.extensions["timeout"] = _shrunk(call.timeouts, left)
+    def _prepare(self, call: _Call) -> tuple[Endpoint, Call]:
+        """Everything before one attempt is sent: headers, the instance, the URL.
 
-    def _choose(self, call: _Call) -> tuple[Endpoint, Call]:
-        """Pick an instance (another one than before, when possible) and begin."""
+        DeadlineExceeded when no time is left; NoInstancesError when there is
+        no instance to pick. One method on purpose: it runs for every attempt.
+        """
+        request, trace, flavor, tried = call.request, call.trace, self._flavor, call.tried
+        if tried is None:
+            tried = call.tried = []
+            if trace is not None:  # the first attempt: `_begin` saw no traceparent
+                flavor.add_header(
+                    request.headers, _TRACEPARENT, trace[0] + new_span_id() + trace[1]
+                )
+        elif trace is not None:
+            flavor.set_header(request.headers, _TRACEPARENT, trace[0] + new_span_id() + trace[1])
+        left = remaining_time()
+        if left is not None:
+            self._stamp_deadline(call, left)
         balancer, detector = self.balancer, self.detector
         with self._lock:
             now = self._now()
@@ -382,17 +380,25 @@ class ServiceStack:
                 if ejected is not self._ejected:
                     balancer.set_ejected(ejected)
                     self._ejected = ejected
-            key = call.request.headers.get(self._hash_header) if self._hash_header else None
+            key = request.headers.get(self._hash_header) if self._hash_header else None
             endpoint = balancer.pick(key)
             if endpoint is None:
                 raise self._no_instances()
-            tried = call.tried
-            if tried is None:
-                call.tried = [endpoint.id]
-            else:
+            if tried:  # a retry: another instance than before, when there is one
                 endpoint = self._another(endpoint, tried)
-                tried.append(endpoint.id)
-            return endpoint, balancer.begin(endpoint, now)
+            tried.append(endpoint.id)
+            lb_call = balancer.begin(endpoint, now)
+        request.url = self._rewrite(call.url, endpoint.address, endpoint.port)
+        return endpoint, lb_call
+
+    def _stamp_deadline(self, call: _Call, left: float) -> None:
+        if left <= 0:
+            raise DeadlineExceeded(f"deadline exceeded before calling {self.service}")
+        request = call.request
+        self._flavor.set_header(request.headers, _DEADLINE, str(int(left * 1000)))
+        if call.timeouts is None:
+            call.timeouts = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = _shrunk(call.timeouts, left)
 
     def _another(self, endpoint: Endpoint, tried: list[str]) -> Endpoint:
         # A few unkeyed picks: a retry should not return to the instance that
@@ -457,20 +463,16 @@ class ServiceStack:
     def fold_async(self, send: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
         """The call function for this stack over an async `send`; see the header."""
         # Bound once: this closure is the per-attempt hot path.
-        rewrite, stamp, choose = self._flavor.rewrite, self._stamp, self._choose
-        answered, failed = self._answered, self._failed
+        prepare, answered, failed = self._prepare, self._answered, self._failed
 
         async def attempt(call: _Call) -> Any:
             held = call.response
             if held is not None:
                 call.response = None
                 await held.aclose()
-            stamp(call)
-            endpoint, lb_call = choose(call)
-            request = call.request
-            request.url = rewrite(call.url, endpoint.address, endpoint.port)
+            endpoint, lb_call = prepare(call)
             try:
-                response = await send(request)
+                response = await send(call.request)
             except BaseException as exc:
                 failed(endpoint, lb_call, exc)
                 raise
@@ -567,8 +569,7 @@ class ServiceStack:
     def fold_sync(self, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """As `fold_async`, for a blocking `send` (deadlines are cooperative:
         they shrink each attempt's timeouts and stop retries)."""
-        rewrite, stamp, choose = self._flavor.rewrite, self._stamp, self._choose
-        answered, failed = self._answered, self._failed
+        prepare, answered, failed = self._prepare, self._answered, self._failed
         per_try = self.retries.per_try_timeout if self.retries is not None else None
 
         def attempt(call: _Call) -> Any:
@@ -582,12 +583,9 @@ class ServiceStack:
             return sent(call)
 
         def sent(call: _Call) -> Any:
-            stamp(call)
-            endpoint, lb_call = choose(call)
-            request = call.request
-            request.url = rewrite(call.url, endpoint.address, endpoint.port)
+            endpoint, lb_call = prepare(call)
             try:
-                response = send(request)
+                response = send(call.request)
             except BaseException as exc:
                 failed(endpoint, lb_call, exc)
                 raise
@@ -894,10 +892,11 @@ class SyncCore(_Core):
 
     def _resolve(self, host: str) -> Callable[[Any], Any] | None:
         loop = self._loop
+        if loop is not None and loop.is_running():
+            self._follow_policies(loop)
         if loop is None or not loop.is_running() or _running_loop() is loop:
             with self._lock:
                 return self.router.resolve_known(host)
-        self._follow_policies(loop)
         future = asyncio.run_coroutine_threadsafe(self.router.resolve(host), loop)
         try:
             return future.result(self._resolve_timeout)
