@@ -8,6 +8,7 @@ are refused with an error naming the field, before anything is written.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any, Literal
@@ -141,9 +142,16 @@ def check_address(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def duration_seconds(value: str) -> float:
+    """`parse_duration`, remembered: every registration carries the same few
+    TTLs and intervals ("30s"), and parsing one costs more than a dict lookup."""
+    return parse_duration(value)
+
+
 def check_duration(value: str, field: str, *, low: float, high: float) -> float:
     try:
-        seconds = parse_duration(value)
+        seconds = duration_seconds(value)
     except ValueError as exc:
         raise InvalidArgument(f"{_label(field)}: {exc}", field=field) from None
     if not low <= seconds <= high:

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from crossway.core.clock import Clock, SystemClock
-from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument, NotFound
 from crossway.registry.catalog import Catalog
 from crossway.registry.model import (
@@ -29,6 +28,7 @@ from crossway.registry.model import (
     Registration,
     check_name,
     decode,
+    duration_seconds,
     encode,
     instance_key,
     lease_from_text,
@@ -87,7 +87,8 @@ class Registry:
             except CompareFailed:
                 continue
             await self.catalog.caught_up(put.revision)
-            log.info("registered %s/%s at %s:%d", service, instance_id, reg.address, reg.port)
+            # Debug: the access log already has every registration at info.
+            log.debug("registered %s/%s at %s:%d", service, instance_id, reg.address, reg.port)
             return instance
         raise InvalidArgument(f"instance {service}/{instance_id} is changing too fast; retry")
 
@@ -113,7 +114,7 @@ class Registry:
                 return lease, ttl
             except LeaseNotFound:
                 pass
-        granted = await self._store.grant(parse_duration(ttl))
+        granted = await self._store.grant(duration_seconds(ttl))
         return granted.id, ttl
 
     def _instance(
@@ -160,7 +161,7 @@ class Registry:
         instance = decode(deleted.deleted[0].value)
         await self._release_lease(instance)
         await self.catalog.caught_up(deleted.revision)
-        log.info("deregistered %s/%s", service, instance_id)
+        log.debug("deregistered %s/%s", service, instance_id)
         return instance
 
     async def _release_lease(self, instance: Instance) -> None:
