@@ -4,17 +4,25 @@ compare-and-set, listing and blocking reads."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx2
 import pytest
 from starlette.applications import Starlette
 
-from crossway.proxy.routes import decode_route
+from crossway.proxy.routes import GatewayConfig, decode_route
+from crossway.proxy.routes.follow import follow_control_plane
+from crossway.sdk.control import ControlPlane
+from crossway.sdk.settings import ClientSettings
 from crossway.server.api import routes as routes_api
+from crossway.server.api import watch
 from crossway.server.app import create_app
 from crossway.server.context import ServerContext
 
+from .helpers import live_server
+
+ROUTE_A = b'{"backends": [{"service": "a"}]}'
+ROUTE_B = b'{"backends": [{"service": "b"}]}'
 MINIMAL = {
     "match": {"path_prefix": "/orders"},
     "backends": [{"service": "orders", "weight": 90}, {"service": "orders-canary", "weight": 10}],
@@ -126,3 +134,40 @@ async def test_a_blocking_listing_returns_on_the_next_change(api: httpx2.AsyncCl
     await api.put("/v1/routes/health", json={"direct_response": {}})
     listing = await asyncio.wait_for(waiting, 2)
     assert {e["name"] for e in listing.json()} == {"orders", "health"}
+
+
+# -- gateways following the control plane ----------------------------------------------
+
+
+@pytest.fixture
+async def plane(ctx: ServerContext) -> AsyncIterator[ControlPlane]:
+    app = create_app(ctx, providers=(watch.routes,), extra=[routes_api.routes])
+    async with live_server(app) as url:
+        control = ControlPlane(ClientSettings(url=url, address="127.0.0.1"))
+        try:
+            yield control
+        finally:
+            await control.aclose()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_gateway_follows_route_changes(plane: ControlPlane) -> None:
+    await plane.request("PUT", "/v1/routes/a", content=ROUTE_A)
+    seen: list[GatewayConfig] = []
+    follower = asyncio.create_task(follow_control_plane(plane, seen.append))
+    try:
+        await _until(lambda: bool(seen) and "a" in seen[-1].routes)
+        await plane.request("PUT", "/v1/routes/b", content=ROUTE_B)
+        await _until(lambda: "b" in seen[-1].routes)
+        await plane.request("DELETE", "/v1/routes/a")
+        await _until(lambda: list(seen[-1].routes) == ["b"])
+        versions = [int(c.version) for c in seen]
+        assert versions == sorted(versions)
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)

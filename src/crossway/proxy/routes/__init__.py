@@ -11,10 +11,10 @@ from crossway.proxy.routes.actions import (
 from crossway.proxy.routes.config import (
     ConfigFileError,
     GatewayConfig,
-    check_route_name,
     load_config,
     parse_config,
 )
+from crossway.proxy.routes.follow import RouteBook, follow_control_plane
 from crossway.proxy.routes.model import (
     Backend,
     Cors,
@@ -34,6 +34,7 @@ from crossway.proxy.routes.model import (
     Route,
     RouteMatch,
     check_route,
+    check_route_name,
     decode_route,
     encode_route,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "Rewrite",
     "Route",
     "RouteActions",
+    "RouteBook",
     "RouteMatch",
     "RouteTable",
     "WeightedSplit",
@@ -71,6 +73,7 @@ __all__ = [
     "decide",
     "decode_route",
     "encode_route",
+    "follow_control_plane",
     "load_config",
     "parse_config",
 ]

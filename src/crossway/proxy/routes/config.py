@@ -43,13 +43,12 @@ from typing import Any
 import yaml
 
 from crossway.core.errors import InvalidArgument
-from crossway.proxy.routes.model import Route, route_from_object
+from crossway.proxy.routes.model import Route, check_route_name, route_from_object
 from crossway.proxy.routes.table import RouteTable
 
 _TOP_LEVEL = frozenset({"version", "routes"})
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _AT_SUFFIX = re.compile(r" - at `\$[^`]*`$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class ConfigFileError(InvalidArgument):
@@ -74,17 +73,6 @@ class GatewayConfig:
 
 
 EMPTY = GatewayConfig({}, "empty")
-
-
-def check_route_name(name: str, field: str = "name") -> str:
-    """`name` when it can name a route (letters, digits, `._-`, up to 128)."""
-    if not _NAME.match(name):
-        raise InvalidArgument(
-            f"{field}: a route name is 1-128 letters, digits, '.', '_' or '-' "
-            f"starting with a letter or digit, got {name!r}",
-            field=field,
-        )
-    return name
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -44,6 +44,7 @@ BalancerName = Literal["round_robin", "least_request", "peak_ewma", "ring_hash",
 RetryCondition = Literal["connect-failure", "reset", "5xx", "gateway-error", "retriable-status"]
 ROUTE_PREFIX = "/routes/"
 MAX_WEIGHT = 1_000_000
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _METHOD = re.compile(r"^[A-Z]+$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -273,6 +274,17 @@ def _path(value: str | None, field: str) -> None:
 def _header_name(name: str, field: str) -> None:
     if not _HEADER_NAME.match(name):
         raise _fail(field, f"not a valid header name: {name!r}")
+
+
+def check_route_name(name: str, field: str = "name") -> str:
+    """`name` when it can name a route (letters, digits, `._-`, up to 128)."""
+    if not _NAME.match(name):
+        raise InvalidArgument(
+            f"{field}: a route name is 1-128 letters, digits, '.', '_' or '-' "
+            f"starting with a letter or digit, got {name!r}",
+            field=field,
+        )
+    return name
 
 
 def check_route(route: Route) -> None:

@@ -1,0 +1,172 @@
+"""Following the control plane's routes: a new `GatewayConfig` per change.
+
+Theory of operation
+-------------------
+`RouteBook` is the pure half: the routes as the control plane last told
+them, and the store revision they reflect. It takes a listing
+(`GET /v1/routes`) whole, then watch events (`put`/`delete` of
+`/routes/{name}`) one at a time, and makes a `GatewayConfig` snapshot on
+demand (version: the revision), compiling the table once per snapshot.
+
+`follow_control_plane(source, publish)` is the I/O half: list, publish a
+snapshot, then watch `GET /v1/watch?prefix=/routes/&after=<index>` and publish
+a new snapshot each time a store revision is complete (the SSE event that
+carries an `id`), so a change of several routes in one transaction becomes
+one swap, never a half-applied table. A broken stream or an unreachable
+control plane is retried with backoff while the last published
+configuration stays in force; a `compacted` event means events were lost,
+and the book is listed again from scratch.
+
+Invariants
+----------
+- Every published snapshot holds only valid routes: a document the gateway
+  cannot read (a newer schema) is logged and the route's previous version,
+  if any, is kept.
+- Snapshots are published in revision order, each at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+from crossway.core.errors import InvalidArgument
+from crossway.proxy.routes.config import GatewayConfig
+from crossway.proxy.routes.model import ROUTE_PREFIX, Route, decode_route
+from crossway.resilience import Backoff, Jitter
+
+log = logging.getLogger("crossway.proxy.routes")
+
+RECONNECT = Backoff(base=0.2, cap=10.0, jitter=Jitter.EQUAL)
+
+
+class RouteSource(Protocol):
+    """What following needs of `crossway.sdk.control.ControlPlane`."""
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any: ...
+
+    def sse(
+        self, path: str, params: Mapping[str, str | int] | None = None
+    ) -> AsyncIterator[Any]: ...
+
+
+class RouteBook:
+    """The control plane's routes as last heard (see the module header)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.revision = 0
+
+    def replace(self, documents: Mapping[str, bytes], revision: int) -> None:
+        """Take a whole listing: `documents` maps names to stored JSON."""
+        routes: dict[str, Route] = {}
+        for name, raw in documents.items():
+            route = _readable(name, raw) or self.routes.get(name)
+            if route is not None:
+                routes[name] = route
+        self.routes = routes
+        self.revision = revision
+
+    def apply_event(self, kind: str, data: str) -> bool:
+        """Apply one watch event; whether it was about a route."""
+        try:
+            body = msgspec.json.decode(data)
+            key = str(body["key"])
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return False
+        name = key.removeprefix(ROUTE_PREFIX)
+        if not key.startswith(ROUTE_PREFIX) or not name or "/" in name:
+            return False
+        self.revision = max(self.revision, _int(body.get("revision")))
+        if kind == "delete":
+            self.routes.pop(name, None)
+        elif kind == "put" and "encoding" not in body:
+            route = _readable(name, str(body.get("value", "")).encode())
+            if route is not None:
+                self.routes[name] = route
+        return True
+
+    def snapshot(self) -> GatewayConfig:
+        return GatewayConfig(self.routes, str(self.revision))
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _readable(name: str, raw: bytes) -> Route | None:
+    try:
+        return decode_route(raw)
+    except InvalidArgument as exc:
+        log.warning("route %r from the control plane ignored: %s", name, exc.message)
+        return None
+
+
+class _Listing(msgspec.Struct):
+    name: str
+    route: msgspec.Raw
+
+
+_listing = msgspec.json.Decoder(list[_Listing])
+
+
+async def follow_control_plane(
+    source: RouteSource, publish: Callable[[GatewayConfig], None]
+) -> None:
+    """Call `publish` with each new configuration until cancelled.
+
+    Never returns on its own; failures are logged once per outage and retried
+    with backoff, and nothing is published meanwhile (the last configuration
+    stays). Cancellation closes the stream and propagates. An exception from
+    `publish` counts as a failure of the stream (it is listed again).
+    """
+    book = RouteBook()
+    failures = 0
+    while True:
+        try:
+            index = await _list(book, source)
+            publish(book.snapshot())
+            if failures:
+                log.warning("routes: following the control plane again")
+            failures = 0
+            await _watch(book, source, index, publish)
+        except Exception as exc:
+            if failures == 0:
+                log.warning(
+                    "routes: cannot follow the control plane (%s); "
+                    "keeping the last configuration and retrying",
+                    exc,
+                )
+            failures += 1
+        await asyncio.sleep(RECONNECT.delay(failures, rand=random.random))
+
+
+async def _list(book: RouteBook, source: RouteSource) -> int:
+    response = await source.request("GET", "/v1/routes")
+    entries = _listing.decode(response.content)
+    raw = response.headers.get("X-Crossway-Index", "")
+    index = int(raw) if raw.isdigit() else 0
+    book.replace({e.name: bytes(e.route) for e in entries}, index)
+    return index
+
+
+async def _watch(
+    book: RouteBook,
+    source: RouteSource,
+    index: int,
+    publish: Callable[[GatewayConfig], None],
+) -> None:
+    params: dict[str, str | int] = {"prefix": ROUTE_PREFIX, "after": index}
+    changed = False
+    async for event in source.sse("/v1/watch", params):
+        if event.event == "compacted":
+            return  # events were lost: list again
+        changed = book.apply_event(event.event, event.data) or changed
+        if changed and event.id is not None:
+            publish(book.snapshot())
+            changed = False
