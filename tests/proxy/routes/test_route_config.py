@@ -97,3 +97,10 @@ def test_a_snapshot_is_immutable_and_compiled_once() -> None:
     assert config.table is config.table
     with pytest.raises(TypeError):
         config.routes["b"] = routes  # type: ignore[index]
+
+
+def test_the_example_configuration_loads() -> None:
+    example = Path(__file__).parents[3] / "examples" / "gateway.yaml"
+    config = load_config(example)
+    assert len(config.routes) == 6
+    assert config.routes["orders"].timeout == "5s"
