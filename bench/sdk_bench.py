@@ -13,8 +13,8 @@ Latency: p50/p99 over every call of a row (perf_counter_ns around the
 request, body read). CPU: process time per call (the server is another
 process), taken from each row's best block, as the other benches here take
 the best of several rounds: on a shared machine, load from elsewhere only
-ever adds time. The median over rounds of the difference between a
-Crossway block and the plain block just before it is shown beside it. A last pair
+ever adds time. The median over rounds of the difference between the two
+blocks of a round is shown beside it (which row goes first alternates). A last pair
 swaps the network for `httpx2.MockTransport` on both sides: the transport's
 own CPU cost without the noise of sockets. Targets: <= 15% extra latency at
 p50 and <= 25 µs of extra CPU per call.
@@ -138,14 +138,20 @@ def _block_sync(get: Callable[[], Any], n: int) -> tuple[list[int], float]:
 Gets = tuple[Callable[[], Any], Callable[[], Any]]
 
 
+def _order(rounds: int) -> list[tuple[int, int]]:
+    """Which row goes first in each round: plain first, then Crossway first,
+    and so on (ABBA), so neither row always follows the other."""
+    return [(0, 1) if i % 2 == 0 else (1, 0) for i in range(rounds)]
+
+
 async def run_async_pair(gets: Gets, block: int = BLOCK) -> list[Row]:
-    """Plain then Crossway, in turns; see the module header."""
+    """Plain and Crossway blocks in turns; see the module header."""
     rows = [Row("plain"), Row("crossway")]
     for get in gets:
         await _block_async(get, WARMUP)
-    for _ in range(ROUNDS):
-        for row, get in zip(rows, gets, strict=True):
-            row.record(*await _block_async(get, block))
+    for order in _order(ROUNDS):
+        for i in order:
+            rows[i].record(*await _block_async(gets[i], block))
     return rows
 
 
@@ -153,9 +159,9 @@ def run_sync_pair(gets: Gets) -> list[Row]:
     rows = [Row("plain"), Row("crossway")]
     for get in gets:
         _block_sync(get, WARMUP)
-    for _ in range(ROUNDS):
-        for row, get in zip(rows, gets, strict=True):
-            row.record(*_block_sync(get, BLOCK))
+    for order in _order(ROUNDS):
+        for i in order:
+            rows[i].record(*_block_sync(gets[i], BLOCK))
     return rows
 
 
