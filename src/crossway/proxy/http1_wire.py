@@ -153,9 +153,6 @@ class ResponseParser:
             return
         if not self._in_body:
             self._head_bytes += len(data)
-            if self._head_bytes > self._max_head:
-                self._broke("response head too large")
-                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -166,6 +163,11 @@ class ResponseParser:
                 self._fresh_parser()
             else:
                 self._broke(f"malformed response: {error}")
+            return
+        # Checked after feeding: the read that completes a head may carry
+        # body bytes too. llhttp holds at most one read beyond the limit.
+        if not self._in_body and self._head_bytes > self._max_head:
+            self._broke("response head too large")
 
     def _eof(self) -> None:
         head = self._head

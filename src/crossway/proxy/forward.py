@@ -1,0 +1,229 @@
+# Forwarding one request to one upstream endpoint and relaying the answer.
+#
+# Theory of operation
+# -------------------
+# `forward(stream, address, ...)` is protocol-agnostic: it works on a
+# `Stream` (stream.py) on the client side and an `UpstreamConnection` on the
+# other. It writes the request head with re-derived framing and rewritten
+# headers, streams the request body in a separate task (so an upstream that
+# answers before reading the whole body — a 413, say — is heard at once),
+# then relays response events as they come, awaiting the client's drain
+# between pieces. Memory stays bounded on both paths (see flow.py).
+#
+# Timeouts: `timeout` bounds the wait for the response head and starts when
+# the request body has been sent in full, so a long upload is not cut off by
+# a short route timeout (nginx's proxy_read_timeout works the same way).
+#
+# Invariants
+# ----------
+# - Before the response head reaches the client, every failure becomes a
+#   `GatewayError` raised to the caller (which answers 502/503/504 or retries).
+#   After it, a failure aborts the client connection: a half-sent response
+#   must not look complete.
+# - A connection returns to the pool only if both the request and the
+#   response were complete; otherwise it is closed.
+# - A request without a body that fails on a reused keep-alive connection
+#   before any response byte is sent again once on a fresh connection: the
+#   upstream closed an idle connection as we wrote to it (a benign race).
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from crossway.proxy.errors import (
+    UpstreamProtocolError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
+from crossway.proxy.headers import ForwardingPolicy, Headers, forward_request, forward_response
+from crossway.proxy.http1 import Body, RequestHead
+from crossway.proxy.http1_wire import (
+    LAST_CHUNK,
+    EndOfResponse,
+    Framing,
+    ResponseHead,
+    ResponseReceived,
+    encode_chunk,
+    encode_head,
+    request_line,
+)
+from crossway.proxy.stream import ClientBodyError, Stream
+from crossway.proxy.upstream import Address, UpstreamConnection, UpstreamPool
+
+_NOT_FORWARDED = frozenset({b"expect"})
+
+
+class _Stale(Exception):
+    """A reused connection died before answering; safe to try a fresh one."""
+
+
+async def forward(
+    stream: Stream,
+    address: Address,
+    *,
+    pool: UpstreamPool,
+    policy: ForwardingPolicy,
+    timeout: float,
+    target: bytes | None = None,
+    extra_headers: Headers | None = None,
+) -> int:
+    """Send `stream`'s request to `address`; returns the upstream status.
+
+    Raises `GatewayError` (502 connect/reset/protocol, 503 overloaded, 504
+    timeout) if no response head reached the client; after that, failures
+    abort the client connection and are not raised. `ClientBodyError` from the
+    client's body propagates. Cancellation closes the upstream connection.
+    """
+    wire_head = _request_head(stream, policy, target, extra_headers)
+    try:
+        return await _attempt(stream, address, pool, wire_head, timeout, policy, fresh=False)
+    except _Stale:
+        return await _attempt(stream, address, pool, wire_head, timeout, policy, fresh=True)
+
+
+def _request_head(
+    stream: Stream, policy: ForwardingPolicy, target: bytes | None, extra: Headers | None
+) -> bytes:
+    head = stream.head
+    headers = [(n, v) for n, v in head.headers if n not in _NOT_FORWARDED]
+    headers = forward_request(headers, stream.peer, policy)
+    if extra:
+        headers.extend(extra)
+    framing, length = _request_framing(head)
+    return encode_head(request_line(head.method, target or head.target), headers, framing, length)
+
+
+def _request_framing(head: RequestHead) -> tuple[Framing, int | None]:
+    if head.chunked:
+        return Framing.CHUNKED, None
+    if head.content_length is not None:
+        return Framing.LENGTH, head.content_length
+    return Framing.NONE, None
+
+
+async def _attempt(
+    stream: Stream,
+    address: Address,
+    pool: UpstreamPool,
+    wire_head: bytes,
+    timeout: float,
+    policy: ForwardingPolicy,
+    *,
+    fresh: bool,
+) -> int:
+    conn = await pool.acquire(address)
+    if fresh and conn.exchanges:
+        conn.close()
+        pool.release(conn)
+        conn = await pool.acquire(address)
+    try:
+        return await _exchange(stream, conn, wire_head, timeout, policy)
+    finally:
+        pool.release(conn)
+
+
+async def _exchange(
+    stream: Stream,
+    conn: UpstreamConnection,
+    wire_head: bytes,
+    timeout: float,
+    policy: ForwardingPolicy,
+) -> int:
+    head = stream.head
+    reused = conn.exchanges > 0
+    conn.begin(head.method)
+    conn.write(wire_head)
+    pump = None
+    if head.has_body:
+        pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn))
+    try:
+        response = await _await_head(conn, pump, timeout, retry_ok=reused and pump is None)
+        await _relay(stream, conn, response, policy)
+        if pump is not None and not pump.done():
+            conn.close()  # upstream answered without reading everything
+        return response.status
+    except BaseException:
+        conn.close()
+        raise
+    finally:
+        if pump is not None and not pump.done():
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+
+
+async def _pump_body(stream: Stream, conn: UpstreamConnection) -> None:
+    chunked = stream.head.chunked
+    while (data := await stream.read()) is not None:
+        conn.write(encode_chunk(data) if chunked else data)
+        await conn.drain()
+    if chunked:
+        conn.write(LAST_CHUNK)
+
+
+async def _await_head(
+    conn: UpstreamConnection, pump: asyncio.Task[None] | None, timeout: float, *, retry_ok: bool
+) -> ResponseHead:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(None) as deadline:
+            if pump is None:
+                deadline.reschedule(loop.time() + timeout)
+            else:
+                pump.add_done_callback(lambda task: _after_body(task, conn, deadline, timeout))
+            event = await conn.next_event()
+    except TimeoutError:
+        raise UpstreamTimeout(f"no response within {timeout:g}s", reason="timeout") from None
+    if pump is not None and pump.done() and pump.exception() is not None:
+        _raise_body_error(pump)
+    if isinstance(event, ResponseReceived):
+        return event.head
+    if retry_ok and (event is None or not isinstance(event, Body | EndOfResponse)):
+        raise _Stale
+    if event is None or conn.closed:
+        raise UpstreamReset("upstream closed the connection before answering", reason="reset")
+    raise UpstreamProtocolError("upstream sent an invalid response", reason="protocol_error")
+
+
+def _after_body(
+    pump: asyncio.Task[None], conn: UpstreamConnection, deadline: asyncio.Timeout, timeout: float
+) -> None:
+    # Body fully sent: the response-head clock starts now. A failed body
+    # closes the upstream so the read waiting for the head wakes up.
+    if not pump.cancelled() and pump.exception() is not None:
+        conn.close()
+    elif deadline.when() is None:
+        deadline.reschedule(asyncio.get_running_loop().time() + timeout)
+
+
+def _raise_body_error(pump: asyncio.Task[None]) -> None:
+    error = pump.exception()
+    if isinstance(error, ClientBodyError):
+        raise error
+    if isinstance(error, ConnectionError | OSError):
+        raise UpstreamReset("upstream stopped reading the request", reason="reset")
+    if error is not None:
+        raise error
+
+
+async def _relay(
+    stream: Stream, conn: UpstreamConnection, head: ResponseHead, policy: ForwardingPolicy
+) -> None:
+    framing = head.framing
+    length = head.content_length if framing is not Framing.CHUNKED else None
+    headers = forward_response(head.headers, b"1.1", policy)
+    no_body = framing is Framing.NONE
+    stream.start_response(head.status, headers, length=length, no_body=no_body)
+    if no_body:
+        stream.finish()
+        return
+    while True:
+        event = await conn.next_event()
+        if isinstance(event, Body):
+            await stream.write(event.data)
+        elif isinstance(event, EndOfResponse):
+            stream.finish()
+            return
+        else:
+            stream.abort()  # a truncated response must not look complete
+            return

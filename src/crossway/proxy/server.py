@@ -1,0 +1,360 @@
+# The HTTP/1.1 driver: an asyncio Protocol per client connection.
+#
+# Theory of operation
+# -------------------
+# `Http1Protocol` feeds what it reads to the sans-IO `ServerConnection`
+# (http1.py) and queues the events in an `Inbox`. One coroutine per
+# connection (`_serve`) takes requests from the queue in order — pipelined
+# requests wait their turn — wraps each in an `Http1Stream` and awaits the
+# handler. The stream decides response framing (Content-Length when known,
+# chunked for HTTP/1.1, close-delimited for HTTP/1.0) and answers
+# `Expect: 100-continue` when the handler first reads the body.
+#
+# One timer per connection enforces the header read timeout (408) and the
+# keep-alive idle timeout, re-armed when it fires rather than per request.
+#
+# Invariants
+# ----------
+# - Memory per connection is bounded: reads pause when the Inbox holds more
+#   than its high-water mark; writes await the transport's drain.
+# - A request whose body the handler did not consume, a rejected request, a
+#   response the handler abandoned, and `Connection: close` all end the
+#   connection after the response: the next bytes cannot be trusted to start
+#   a request.
+# - Nothing a client sends raises out of this module: malformed input is a
+#   4xx answer and a close; a handler's unexpected exception is a 500 (or an
+#   abort if the response had started).
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from crossway.core.clock import Clock, SystemClock
+from crossway.proxy.errors import GatewayError, render, render_rejected
+from crossway.proxy.flow import Inbox, WriteGate
+from crossway.proxy.headers import Headers, Peer
+from crossway.proxy.http1 import (
+    Body,
+    EndOfRequest,
+    Event,
+    Limits,
+    Rejected,
+    RequestHead,
+    RequestReceived,
+    ServerConnection,
+    State,
+)
+from crossway.proxy.http1_wire import (
+    CONTINUE,
+    LAST_CHUNK,
+    Framing,
+    encode_chunk,
+    encode_head,
+    status_line,
+)
+from crossway.proxy.stream import ClientBodyError, Handler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Per-listener limits; `parse` is applied to every request."""
+
+    parse: Limits = field(default_factory=Limits)
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10_000
+
+
+class Http1Stream:
+    """One request/response exchange on an HTTP/1.1 connection."""
+
+    __slots__ = ("_conn", "_continue", "_done", "_framing", "head", "peer", "response_started")
+
+    def __init__(self, conn: Http1Protocol, head: RequestHead, peer: Peer) -> None:
+        self._conn = conn
+        self.head = head
+        self.peer = peer
+        self.response_started = False
+        self._framing = Framing.NONE
+        self._done = not head.has_body
+        self._continue = head.expect_continue
+
+    @property
+    def body_done(self) -> bool:
+        return self._done
+
+    async def read(self) -> bytes | None:
+        """Next body piece or None at the end; raises ClientBodyError, ConnectionError."""
+        if self._done:
+            return None
+        if self._continue:
+            self._continue = False
+            if not self.response_started:
+                self._conn.write(CONTINUE)
+        event = await self._conn.next_event()
+        if isinstance(event, Body):
+            return event.data
+        self._done = True
+        if isinstance(event, EndOfRequest):
+            return None
+        if isinstance(event, Rejected):
+            raise ClientBodyError(event)
+        raise ConnectionResetError("client closed mid-request")
+
+    def start_response(
+        self, status: int, headers: Headers, *, length: int | None, no_body: bool = False
+    ) -> None:
+        self.response_started = True
+        framing = self._choose_framing(status, length, no_body)
+        head = self.head
+        if framing is Framing.CLOSE or not head.keep_alive or not self._done:
+            self._conn.must_close = True
+            headers.append((b"connection", b"close"))
+        elif head.version == b"1.0":
+            headers.append((b"connection", b"keep-alive"))
+        wire = framing if framing is not Framing.NONE or length is None else Framing.LENGTH
+        self._framing = framing
+        self._conn.write(encode_head(status_line(status, b"1.1"), headers, wire, length))
+
+    def _choose_framing(self, status: int, length: int | None, no_body: bool) -> Framing:
+        if no_body or self.head.method == b"HEAD" or status in (204, 304):
+            return Framing.NONE
+        if length is not None:
+            return Framing.LENGTH
+        return Framing.CHUNKED if self.head.version == b"1.1" else Framing.CLOSE
+
+    async def write(self, data: bytes) -> None:
+        """Send body bytes; waits while the client is slow; raises ConnectionError if gone."""
+        framing = self._framing
+        if framing is Framing.NONE or not data:
+            return
+        self._conn.write(encode_chunk(data) if framing is Framing.CHUNKED else data)
+        await self._conn.gate.drain()
+
+    def finish(self) -> None:
+        if self._framing is Framing.CHUNKED:
+            self._conn.write(LAST_CHUNK)
+
+    def abort(self) -> None:
+        self._conn.must_close = True
+        self._conn.abort()
+
+    def send_local(self, response: bytes, *, close: bool = False) -> None:
+        self.response_started = True
+        if close or not self._done or not self.head.keep_alive:
+            self._conn.must_close = True
+        self._conn.write(response)
+
+
+class Http1Protocol(asyncio.Protocol):
+    """The server side of one client connection."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self._server = server
+        self._clock = server.clock
+        self._parser = ServerConnection(clock=server.clock, limits=server.limits.parse)
+        self.gate = WriteGate()
+        self.must_close = False
+        self._transport: asyncio.Transport | None = None
+        self._inbox: Inbox[Event] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = float("inf")
+        self._last_active = 0.0
+        self._busy = False
+        self._peer = Peer(address="")
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._inbox = Inbox(transport)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
+        self._peer = Peer(address=address, scheme=scheme)
+        self._server.connection_opened(self)
+        self._last_active = self._clock.now()
+        self._arm_timer(self._server.limits.keepalive_timeout)
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        assert self._inbox is not None
+        parser = self._parser
+        self._inbox.put(parser.receive(data))
+        if parser.state is State.HEAD:
+            deadline = parser.header_deadline()
+            if deadline is not None and deadline < self._timer_due:
+                self._arm_timer(deadline - self._clock.now())
+
+    def eof_received(self) -> bool:
+        assert self._inbox is not None
+        self._inbox.put(self._parser.receive(b""))
+        self._inbox.close()
+        return True  # keep our side open so a response can still be written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.lose()
+        if self._inbox is not None:
+            self._inbox.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self.gate.pause()
+
+    def resume_writing(self) -> None:
+        self.gate.resume()
+
+    # -- used by Http1Stream -------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    async def next_event(self) -> Event | None:
+        assert self._inbox is not None
+        return await self._inbox.get()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- the request loop ----------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while not self.must_close:
+                event = await self.next_event()
+                if event is None:
+                    break
+                await self._dispatch(event)
+        except ConnectionError:
+            self.must_close = True
+        finally:
+            self.close()
+
+    async def _dispatch(self, event: Event) -> None:
+        if isinstance(event, RequestReceived):
+            self._busy = True
+            try:
+                await self._exchange(event.head)
+            finally:
+                self._busy = False
+                self._last_active = self._clock.now()
+        elif isinstance(event, Rejected):
+            self.write(render_rejected(event))
+            self.must_close = True
+        elif not isinstance(event, Body | EndOfRequest):
+            # Upgraded: tunnelling is not served yet; refuse plainly.
+            self.must_close = True
+
+    async def _exchange(self, head: RequestHead) -> None:
+        stream = Http1Stream(self, head, _with_request(self._peer, head))
+        if head.upgrade is not None:
+            error = GatewayError("protocol upgrade is not supported", reason="upgrade")
+            stream.send_local(render(error, close=True), close=True)
+            return
+        try:
+            await self._server.handler(stream)
+        except ConnectionError:
+            self.must_close = True
+        except Exception:
+            log.exception("handler failed")
+            self._fail(stream)
+        if not stream.response_started or not stream.body_done:
+            self.must_close = True
+
+    def _fail(self, stream: Http1Stream) -> None:
+        if stream.response_started:
+            stream.abort()
+            return
+        stream.send_local(render(GatewayError("internal gateway error"), close=True), close=True)
+
+    # -- timeouts ------------------------------------------------------------
+
+    def _arm_timer(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(delay, 0.01)
+        self._timer_due = self._clock.now() + delay
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        now = self._clock.now()
+        rejected = self._parser.check_timeout(now)
+        if rejected is not None and not self._busy:
+            self.write(render_rejected(rejected))
+            self.close()
+            return
+        idle_for = now - self._last_active
+        keepalive = self._server.limits.keepalive_timeout
+        idle = not self._busy and self._parser.state is State.IDLE
+        if idle and idle_for >= keepalive:
+            self.close()
+            return
+        deadline = self._parser.header_deadline()
+        next_check = keepalive - idle_for if idle else keepalive
+        if deadline is not None:
+            next_check = min(next_check, deadline - now)
+        self._arm_timer(next_check)
+
+
+def _with_request(peer: Peer, head: RequestHead) -> Peer:
+    return Peer(address=peer.address, scheme=peer.scheme, host=head.host, version=head.version)
+
+
+class ProxyServer:
+    """Listens for HTTP/1.1 clients and hands each request to `handler`."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: ServerLimits | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits or ServerLimits()
+        self.clock = clock or SystemClock()
+        self.connections: set[Http1Protocol] = set()
+        self._server: asyncio.Server | None = None
+
+    def connection_opened(self, conn: Http1Protocol) -> None:
+        self.connections.add(conn)
+        if len(self.connections) > self.limits.max_connections:
+            conn.abort()  # slow-client protection: shed the newest connection
+
+    def connection_closed(self, conn: Http1Protocol) -> None:
+        self.connections.discard(conn)
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on host:port (0 picks a free port); returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Http1Protocol(self),
+            host,
+            port,
+            reuse_port=reuse_port,
+            backlog=1024,
+        )
+        # asyncio and uvloop set TCP_NODELAY on accepted sockets themselves.
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop listening and close every client connection."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
