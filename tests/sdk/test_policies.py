@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crossway.balance import LeastRequest, Maglev, PeakEwma, RingHash, RoundRobin, ZoneAware
+from crossway.balance import LeastRequest, Maglev, PeakEwma, RingHash, SmoothWeighted, ZoneAware
 from crossway.core.clock import VirtualClock
 from crossway.core.errors import InvalidArgument
 from crossway.resilience import Backoff, CircuitBreaker, ConsecutiveBreaker, Jitter
@@ -222,7 +222,7 @@ def test_a_failing_listener_does_not_stop_the_others() -> None:
 @pytest.mark.parametrize(
     ("name", "kind"),
     [
-        ("round_robin", RoundRobin),
+        ("round_robin", SmoothWeighted),
         ("least_request", LeastRequest),
         ("peak_ewma", PeakEwma),
         ("ring_hash", RingHash),
@@ -236,7 +236,7 @@ def test_the_named_balancer_is_built(name: Any, kind: type[Any]) -> None:
 def test_zone_awareness_needs_the_callers_zone() -> None:
     policy = CallPolicy(zone_aware=True)
     assert isinstance(build_balancer(policy, zone="eu-1", clock=CLOCK), ZoneAware)
-    assert isinstance(build_balancer(policy, zone=None, clock=CLOCK), RoundRobin)
+    assert isinstance(build_balancer(policy, zone=None, clock=CLOCK), SmoothWeighted)
 
 
 def test_breakers_of_both_kinds() -> None:

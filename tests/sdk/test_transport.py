@@ -258,6 +258,14 @@ async def test_round_robin_spreads_calls_evenly(http: httpx2.AsyncClient, backen
     assert counts == {8001: 10, 8002: 10, 8003: 10}
 
 
+async def test_round_robin_honours_registered_weights(backend: Backend) -> None:
+    discovery = FakeDiscovery({"orders": [instance(1, weight=200), instance(2, weight=100)]})
+    async with make_client(backend, discovery) as http:
+        for _ in range(30):
+            await http.get("http://orders/")
+    assert (backend.ports().count(8001), backend.ports().count(8002)) == (20, 10)
+
+
 async def test_drained_and_critical_instances(backend: Backend) -> None:
     discovery = FakeDiscovery(
         {"orders": [instance(1), instance(2, weight=0), instance(3, status="critical")]}

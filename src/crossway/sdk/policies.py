@@ -61,7 +61,7 @@ from crossway.balance import (
     OutlierDetector,
     PeakEwma,
     RingHash,
-    RoundRobin,
+    SmoothWeighted,
     ZoneAware,
 )
 from crossway.core.clock import Clock
@@ -181,7 +181,8 @@ class CallPolicy(_Spec, frozen=True):
     """How to call one service; see the module header and docs/sdk.md.
 
     `timeout` bounds a whole call, retries and waits included (None: only
-    the HTTP client's own timeouts). `hash_header` names the request header
+    the HTTP client's own timeouts). `round_robin` is nginx's smooth weighted
+    round robin (equal weights: plain rotation). `hash_header` names the request header
     whose value `ring_hash`/`maglev` hash (without it, picks are random).
     `zone_aware` prefers instances in the caller's zone while they can take
     the load (needs the client's zone).
@@ -332,7 +333,7 @@ def build_balancer(policy: CallPolicy, *, zone: str | None, clock: Clock) -> Bal
             return RingHash()
         if name == "maglev":
             return Maglev()
-        return RoundRobin()
+        return SmoothWeighted()  # round robin that honours instance weights (nginx's)
 
     if policy.zone_aware and zone:
         return ZoneAware(local_zone=zone, inner=make)
