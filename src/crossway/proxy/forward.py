@@ -66,6 +66,7 @@ async def forward(
     timeout: float,
     target: bytes | None = None,
     extra_headers: Headers | None = None,
+    drop_headers: frozenset[bytes] = frozenset(),
 ) -> int:
     """Send `stream`'s request to `address`; returns the upstream status.
 
@@ -74,7 +75,7 @@ async def forward(
     abort the client connection and are not raised. `ClientBodyError` from the
     client's body propagates. Cancellation closes the upstream connection.
     """
-    wire_head = _request_head(stream, policy, target, extra_headers)
+    wire_head = _request_head(stream, policy, target, extra_headers, drop_headers)
     try:
         return await _attempt(stream, address, pool, wire_head, timeout, policy, fresh=False)
     except _Stale:
@@ -82,10 +83,15 @@ async def forward(
 
 
 def _request_head(
-    stream: Stream, policy: ForwardingPolicy, target: bytes | None, extra: Headers | None
+    stream: Stream,
+    policy: ForwardingPolicy,
+    target: bytes | None,
+    extra: Headers | None,
+    drop: frozenset[bytes],
 ) -> bytes:
     head = stream.head
-    headers = [(n, v) for n, v in head.headers if n not in _NOT_FORWARDED]
+    drop = drop | _NOT_FORWARDED if drop else _NOT_FORWARDED
+    headers = [(n, v) for n, v in head.headers if n not in drop]
     headers = forward_request(headers, stream.peer, policy)
     if extra:
         headers.extend(extra)

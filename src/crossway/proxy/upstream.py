@@ -129,6 +129,7 @@ class EndpointPool:
         self._idle: list[UpstreamConnection] = []
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.active = 0
+        self.acquired = 0  # exchanges started, for /stats
 
     @property
     def idle(self) -> int:
@@ -145,6 +146,7 @@ class EndpointPool:
         wait, `UpstreamConnectFailed` when connecting fails or times out.
         Cancellation while waiting or connecting frees the slot.
         """
+        self.acquired += 1
         conn = self._take_idle()
         if conn is not None:
             return conn

@@ -1,0 +1,116 @@
+# Upstream clusters: each backend service's endpoints and its balancers.
+#
+# Theory of operation
+# -------------------
+# A `Cluster` is one service as the gateway sees it: the endpoint set from
+# discovery and one balancer per balancing policy that routes ask for (two
+# routes to the same service may balance differently). Discovery calls
+# `Clusters.update(service, endpoints)` whenever the set changes; each
+# balancer rebuilds then, never per request (balance/endpoint.py).
+#
+# Pure: no I/O, no event loop. The clock feeds the load-aware balancers'
+# latency estimates.
+#
+# Invariants
+# ----------
+# - A balancer created after endpoints arrived starts with the current set.
+# - `pick` never raises for an unknown service; it answers None, and the
+#   engine turns that into 503 `no_healthy_upstream`.
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from crossway.balance import (
+    Balancer,
+    Endpoint,
+    LeastRequest,
+    Maglev,
+    PeakEwma,
+    RingHash,
+    SmoothWeighted,
+)
+from crossway.core.clock import Clock
+
+
+def make_balancer(name: str, *, clock: Clock, rng: random.Random | None = None) -> Balancer:
+    """The balancer a route names (`round_robin` honours instance weights)."""
+    if name == "least_request":
+        return LeastRequest(rng=rng)
+    if name == "peak_ewma":
+        return PeakEwma(clock=clock, rng=rng)
+    if name == "ring_hash":
+        return RingHash()
+    if name == "maglev":
+        return Maglev()
+    return SmoothWeighted()
+
+
+class Cluster:
+    """One backend service: endpoints and a balancer per policy name."""
+
+    __slots__ = ("_balancers", "_clock", "endpoints", "name")
+
+    def __init__(self, name: str, *, clock: Clock) -> None:
+        self.name = name
+        self._clock = clock
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self._balancers: dict[str, Balancer] = {}
+
+    def update(self, endpoints: Iterable[Endpoint]) -> None:
+        self.endpoints = tuple(endpoints)
+        for balancer in self._balancers.values():
+            balancer.update(self.endpoints)
+
+    def balancer(self, policy: str) -> Balancer:
+        balancer = self._balancers.get(policy)
+        if balancer is None:
+            balancer = make_balancer(policy, clock=self._clock)
+            balancer.update(self.endpoints)
+            self._balancers[policy] = balancer
+        return balancer
+
+    def describe(self) -> dict[str, Any]:
+        """For the admin port's /clusters page."""
+        return {
+            "name": self.name,
+            "balancers": sorted(self._balancers),
+            "endpoints": [
+                {
+                    "id": e.id,
+                    "address": e.authority,
+                    "weight": e.weight,
+                    "zone": e.zone,
+                    "healthy": e.healthy,
+                }
+                for e in self.endpoints
+            ],
+        }
+
+
+class Clusters:
+    """Every backend service the configuration names."""
+
+    def __init__(self, *, clock: Clock) -> None:
+        self._clock = clock
+        self._clusters: dict[str, Cluster] = {}
+
+    def cluster(self, service: str) -> Cluster:
+        cluster = self._clusters.get(service)
+        if cluster is None:
+            cluster = Cluster(service, clock=self._clock)
+            self._clusters[service] = cluster
+        return cluster
+
+    def update(self, service: str, endpoints: Iterable[Endpoint]) -> None:
+        self.cluster(service).update(endpoints)
+
+    def pick(self, service: str, policy: str, key: bytes | str | None = None) -> Endpoint | None:
+        cluster = self._clusters.get(service)
+        if cluster is None:
+            return None
+        return cluster.balancer(policy).pick(key)
+
+    def all(self) -> list[Cluster]:
+        return [self._clusters[name] for name in sorted(self._clusters)]

@@ -1,0 +1,231 @@
+# The gateway handler: route, decide, pick an endpoint, forward.
+#
+# Theory of operation
+# -------------------
+# `Gateway` is the `Handler` the protocol drivers call once per request. It
+# reads the current `GatewayConfig` once at the start of the request — a
+# configuration swap (`swap`) replaces one reference, so in-flight requests
+# finish on the configuration they started with and nothing is dropped —
+# then:
+#
+#   1. `config.table.match(...)`  -> 404 `no_route` when nothing matches
+#   2. `decide(...)` (routes/actions.py, pure) -> a local answer, a fault
+#      delay, or a backend service and upstream path
+#   3. `Clusters.pick(service, balancer)` -> 503 `no_healthy_upstream`
+#   4. `forward(...)` with the route's timeout; connect failures and resets
+#      (nothing reached the client yet) are retried on another pick when the
+#      route's retries allow it: every method for a connect failure (nothing
+#      was sent), idempotent methods without a body for a reset.
+#
+# Every failure the client can see is a JSON `GatewayError` (errors.py).
+#
+# Invariants
+# ----------
+# - One configuration per request, read once.
+# - A request body is never replayed: a request with a body is retried only
+#   after a connect failure, when no byte of it was read.
+# - Each attempt is reported to the balancer (`begin`/`end`), so load-aware
+#   balancers see failures and latency.
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from crossway.balance import Endpoint
+from crossway.core.clock import Clock, SystemClock
+from crossway.proxy.clusters import Clusters
+from crossway.proxy.errors import (
+    GatewayError,
+    NoHealthyUpstream,
+    NoRoute,
+    UpstreamConnectFailed,
+    UpstreamReset,
+    render,
+    render_rejected,
+)
+from crossway.proxy.forward import forward
+from crossway.proxy.headers import ForwardingPolicy, Headers
+from crossway.proxy.http1_wire import Framing, encode_head, status_line
+from crossway.proxy.routes.actions import LocalResponse, decide
+from crossway.proxy.routes.config import GatewayConfig
+from crossway.proxy.routes.model import Route, seconds
+from crossway.proxy.routes.table import Match
+from crossway.proxy.stream import ClientBodyError, Stream
+from crossway.proxy.upstream import UpstreamPool
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+DEFAULT_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    policy: ForwardingPolicy = field(default_factory=ForwardingPolicy)
+    default_timeout: float = DEFAULT_TIMEOUT
+
+
+class Gateway:
+    """Routes each request by the current configuration (see the module header)."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clusters: Clusters,
+        pool: UpstreamPool,
+        options: GatewayOptions | None = None,
+        clock: Clock | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.clusters = clusters
+        self.pool = pool
+        self.options = options or GatewayOptions()
+        self._clock = clock or SystemClock()
+        self._rng = rng
+        self._timeouts: dict[str, float] = {}
+
+    def swap(self, config: GatewayConfig) -> None:
+        """Use `config` for requests that start from now on."""
+        self._timeouts = {}
+        self.config = config
+
+    async def __call__(self, stream: Stream) -> None:
+        try:
+            await self._handle(stream, self.config)
+        except GatewayError as error:
+            _answer_error(stream, error)
+        except ClientBodyError as error:
+            if not stream.response_started:
+                stream.send_local(render_rejected(error.rejected), close=True)
+
+    async def _handle(self, stream: Stream, config: GatewayConfig) -> None:
+        head = stream.head
+        path, _, query = head.target.decode("latin-1").partition("?")
+        headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
+        host = head.host.decode("latin-1") if head.host else ""
+        method = head.method.decode("latin-1")
+        match = config.table.match(method, path, host or None, headers, query)
+        if match is None:
+            raise NoRoute(f"no route for {method} {path}")
+        decision = decide(
+            match.route.actions,
+            match.captures,
+            method=method,
+            scheme=stream.peer.scheme.decode(),
+            host=host,
+            path=path,
+            query=query,
+            headers=headers,
+            rng=self._rng,
+        )
+        if decision.delay > 0:
+            await asyncio.sleep(decision.delay)
+        if decision.local is not None:
+            stream.send_local(_local(decision.local))
+            return
+        assert decision.backend is not None
+        target = decision.path + ("?" + query if query else "")
+        await self._forward(stream, match, decision.backend.service, target.encode("latin-1"))
+
+    async def _forward(self, stream: Stream, match: Match, service: str, target: bytes) -> None:
+        route = match.route.route
+        _check_body_limit(stream, route)
+        edits = _header_edits(match)
+        attempts = max(route.retries.attempts, 1)
+        tried: set[str] = set()
+        for attempt in range(attempts):
+            endpoint = self._pick(service, route, tried)
+            try:
+                await self._attempt(stream, service, endpoint, route, target, edits)
+                return
+            except (UpstreamConnectFailed, UpstreamReset) as error:
+                tried.add(endpoint.id)
+                if attempt + 1 >= attempts or not _may_retry(stream, route, error):
+                    raise
+
+    async def _attempt(
+        self,
+        stream: Stream,
+        service: str,
+        endpoint: Endpoint,
+        route: Route,
+        target: bytes,
+        edits: tuple[Headers, frozenset[bytes]],
+    ) -> None:
+        balancer = self.clusters.cluster(service).balancer(route.balancer)
+        with balancer.begin(endpoint) as call:
+            status = await forward(
+                stream,
+                (endpoint.address, endpoint.port),
+                pool=self.pool,
+                policy=self.options.policy,
+                timeout=self._timeout(route),
+                target=target,
+                extra_headers=edits[0],
+                drop_headers=edits[1],
+            )
+            if status >= 500:
+                call.end(ok=False)
+
+    def _pick(self, service: str, route: Route, tried: set[str]) -> Endpoint:
+        for _ in range(3):
+            endpoint = self.clusters.pick(service, route.balancer)
+            if endpoint is None:
+                break
+            if endpoint.id not in tried:
+                return endpoint
+        if endpoint is not None:
+            return endpoint
+        raise NoHealthyUpstream(f"no endpoint of {service} is available", reason="no_endpoints")
+
+    def _timeout(self, route: Route) -> float:
+        if route.timeout is None:
+            return self.options.default_timeout
+        return seconds(route.timeout, "timeout")
+
+
+def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
+    conditions = route.retries.conditions
+    if isinstance(error, UpstreamConnectFailed):
+        return "connect-failure" in conditions or "gateway-error" in conditions
+    head = stream.head
+    idempotent = head.method in IDEMPOTENT or route.retries.non_idempotent
+    return idempotent and not head.has_body and ("reset" in conditions)
+
+
+def _check_body_limit(stream: Stream, route: Route) -> None:
+    limit = route.max_request_bytes
+    length = stream.head.content_length
+    if limit is not None and length is not None and length > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+
+
+def _header_edits(match: Match) -> tuple[Headers, frozenset[bytes]]:
+    editor = match.route.actions.request_headers
+    if editor is None:
+        return [], frozenset()
+    # The editor's set/add lists are fixed per route; the client's fields it
+    # removes or replaces are dropped on the way upstream.
+    added = [*editor.set, *editor.add]
+    encoded = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in added]
+    return encoded, frozenset(n.encode("latin-1") for n in editor.drop)
+
+
+def _local(answer: LocalResponse) -> bytes:
+    headers: Headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in answer.headers]
+    head = encode_head(status_line(answer.status), headers, Framing.LENGTH, len(answer.body))
+    return head + answer.body
+
+
+def _answer_error(stream: Stream, error: GatewayError) -> None:
+    if stream.response_started:
+        stream.abort()
+    else:
+        stream.send_local(render(error))
+
+
+class PayloadTooLarge(GatewayError):
+    code = "payload_too_large"
+    status = 413

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from crossway.balance import Endpoint
+from crossway.core.clock import SystemClock
+from crossway.proxy.clusters import Clusters
+from crossway.proxy.gateway import Gateway
+from crossway.proxy.routes.config import GatewayConfig
+from crossway.proxy.routes.model import decode_route
+from crossway.proxy.server import ProxyServer
+from crossway.proxy.upstream import UpstreamPool
+
+from .upstreams import raw_upstream, uvicorn_upstream
+
+pytestmark = pytest.mark.integration
+
+MINIMAL = {
+    "match": {"path_prefix": "/orders"},
+    "backends": [
+        {"service": "orders", "weight": 90},
+        {"service": "orders-canary", "weight": 10},
+    ],
+    "timeout": "5s",
+    "retries": {"attempts": 2},
+}
+
+
+def config(version: str = "1", **routes: dict[str, object]) -> GatewayConfig:
+    return GatewayConfig(
+        {name: decode_route(json.dumps(doc)) for name, doc in routes.items()}, version
+    )
+
+
+def endpoint(port: int, name: str = "") -> Endpoint:
+    return Endpoint(name or f"ep-{port}", "127.0.0.1", port)
+
+
+@contextlib.asynccontextmanager
+async def running(gw: Gateway) -> AsyncIterator[httpx.AsyncClient]:
+    server = ProxyServer(gw)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            yield client
+    finally:
+        await server.stop()
+        gw.pool.close()
+
+
+def gateway(cfg: GatewayConfig, clusters: Clusters, rng: float = 0.5) -> Gateway:
+    return Gateway(cfg, clusters=clusters, pool=UpstreamPool(), rng=lambda: rng)
+
+
+async def test_minimal_document_splits_between_services() -> None:
+    async with uvicorn_upstream() as main, uvicorn_upstream() as canary:
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("orders", [endpoint(main)])
+        clusters.update("orders-canary", [endpoint(canary)])
+        draws = itertools.cycle([i / 100 for i in range(100)])
+        gw = Gateway(
+            config(orders=MINIMAL), clusters=clusters, pool=UpstreamPool(), rng=lambda: next(draws)
+        )
+        async with running(gw) as client:
+            for _ in range(100):
+                response = await client.get("/orders/7")
+                assert response.text == "hello /orders/7"
+            main_pool = gw.pool.endpoint(("127.0.0.1", main))
+            canary_pool = gw.pool.endpoint(("127.0.0.1", canary))
+            assert (main_pool.acquired, canary_pool.acquired) == (90, 10)
+            assert main_pool.active == canary_pool.active == 1  # keep-alive reuse
+
+
+async def test_no_route_is_a_json_404() -> None:
+    clusters = Clusters(clock=SystemClock())
+    async with running(gateway(config(orders=MINIMAL), clusters)) as client:
+        response = await client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "no_route"
+
+
+async def test_no_endpoints_is_503_with_reason() -> None:
+    clusters = Clusters(clock=SystemClock())
+    async with running(gateway(config(orders=MINIMAL), clusters)) as client:
+        response = await client.get("/orders")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_healthy_upstream"
+    assert response.headers["x-crossway-reason"] == "no_endpoints"
+
+
+async def test_connect_failure_is_retried_on_another_endpoint() -> None:
+    async with uvicorn_upstream() as alive:
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("orders", [endpoint(1, "dead"), endpoint(alive, "alive")])
+        clusters.update("orders-canary", [endpoint(alive, "alive")])
+        gw = gateway(config(orders=MINIMAL), clusters, rng=0.1)
+        async with running(gw) as client:
+            statuses = [(await client.post("/orders", content=b"x")).status_code for _ in range(6)]
+    assert statuses == [200] * 6
+
+
+async def test_direct_response_rewrites_and_header_edits() -> None:
+    direct = {"match": {"path": "/ping"}, "direct_response": {"status": 200, "body": "pong"}}
+    prefix = {
+        "match": {"path_prefix": "/api"},
+        "backends": [{"service": "svc"}],
+        "rewrite": {"prefix": "/v2"},
+    }
+    edits = {
+        "match": {"path": "/h"},
+        "backends": [{"service": "svc"}],
+        "rewrite": {"path": "/headers"},
+        "request_headers": {"set": {"x-route": "edited"}, "remove": ["x-secret"]},
+    }
+    async with uvicorn_upstream() as up:
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("svc", [endpoint(up)])
+        cfg = config(direct=direct, api=prefix, edits=edits)
+        async with running(gateway(cfg, clusters)) as client:
+            pong = await client.get("/ping")
+            moved = await client.get("/api/items?x=1")
+            seen = await client.get("/h", headers={"x-secret": "s", "x-route": "client"})
+    assert pong.text == "pong"
+    assert moved.text == "hello /v2/items"
+    lines = seen.text.split("\n")
+    assert "x-route: edited" in lines
+    assert "x-route: client" not in lines
+    assert not any(line.startswith("x-secret") for line in lines)
+
+
+async def test_config_swap_under_load_fails_nothing() -> None:
+    old = {"match": {"path_prefix": "/"}, "backends": [{"service": "a"}]}
+    new = {"match": {"path_prefix": "/"}, "backends": [{"service": "b"}]}
+    async with uvicorn_upstream() as a, uvicorn_upstream() as b:
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("a", [endpoint(a)])
+        clusters.update("b", [endpoint(b)])
+        gw = gateway(config(r=old), clusters)
+        async with running(gw) as client:
+
+            async def load() -> list[int]:
+                return [(await client.get("/x")).status_code for _ in range(40)]
+
+            tasks = [asyncio.ensure_future(load()) for _ in range(4)]
+            await asyncio.sleep(0.05)
+            gw.swap(config("2", r=new))
+            results = await asyncio.gather(*tasks)
+            assert gw.pool.endpoint(("127.0.0.1", b)).acquired > 0
+    assert all(status == 200 for batch in results for status in batch)
+
+
+async def test_smuggled_request_never_reaches_the_upstream() -> None:
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        with contextlib.suppress(Exception):
+            while await reader.read(65536):
+                pass
+
+    async with raw_upstream(ok) as (up, seen):
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("orders", [endpoint(up)])
+        clusters.update("orders-canary", [endpoint(up)])
+        server = ProxyServer(gateway(config(orders=MINIMAL), clusters))
+        port = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            b"GET /orders/admin HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        answer = await asyncio.wait_for(reader.read(-1), 5)
+        writer.close()
+        await server.stop()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert seen == []
