@@ -2,8 +2,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossway.proxy.routes import Backend, HeaderMatch, QueryMatch, Route, RouteMatch
-from crossway.proxy.routes.predicates import prefix_keys, prefix_matches
+from crossway.proxy.routes.predicates import prefix_matches
 from crossway.proxy.routes.table import RouteTable, reference_match
+from crossway.proxy.routes.trie import PrefixTrie
 
 BACKENDS = (Backend(service="svc"),)
 
@@ -154,11 +155,16 @@ def test_the_compiled_table_agrees_with_the_reference(
         assert (found.route if found else None) is expected
 
 
-@given(st.text(alphabet="/ab", max_size=8).map(lambda p: "/" + p))
-def test_prefix_keys_are_exactly_the_matching_prefixes(path: str) -> None:
-    candidates = {path[:i] for i in range(1, len(path) + 1)}
-    matching = {p for p in candidates if prefix_matches(p, path)}
-    keys = prefix_keys(path)
-    assert set(keys) == matching
-    assert keys == sorted(keys, key=len, reverse=True)
-    assert len(keys) == len(set(keys))
+@given(
+    st.lists(st.text(alphabet="/ab", max_size=5).map(lambda p: "/" + p), max_size=8),
+    st.text(alphabet="/ab", max_size=8),
+)
+def test_the_trie_yields_exactly_the_matching_prefixes_longest_first(
+    prefixes: list[str], path: str
+) -> None:
+    trie: PrefixTrie[str] = PrefixTrie()
+    for prefix in prefixes:
+        trie.add(prefix, prefix)
+    found = [p for bucket in trie.candidates(path) for p in bucket]
+    assert sorted(found) == sorted(p for p in prefixes if prefix_matches(p, path))
+    assert [len(p) for p in found] == sorted((len(p) for p in found), reverse=True)

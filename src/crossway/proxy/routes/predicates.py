@@ -133,17 +133,3 @@ def prefix_matches(prefix: str, path: str) -> bool:
     if not path.startswith(prefix):
         return False
     return len(path) == len(prefix) or prefix.endswith("/") or path[len(prefix)] == "/"
-
-
-def prefix_keys(path: str) -> list[str]:
-    """Every prefix that `prefix_matches` would accept for `path`, longest
-    first: the lookup keys of the table's prefix index."""
-    keys = [path]
-    for i in range(len(path) - 1, -1, -1):
-        if path[i] != "/":
-            continue
-        for key in (path[: i + 1], path[:i]):
-            # "//x" would offer "/" twice; a key equal to the last one adds nothing
-            if key and key != keys[-1]:
-                keys.append(key)
-    return keys

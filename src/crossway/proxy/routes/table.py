@@ -21,14 +21,15 @@ Theory of operation
 `RouteTable(routes)` compiles once per configuration: every regex, header
 and query condition and every action is built here (`CompiledRoute`), and
 routes are filed in hash maps — by exact host, by wildcard domain, and
-within each host group by exact path and by prefix — each bucket sorted by
-the rest of the precedence key. `match` then costs a few dict lookups: the
-host's groups in precedence order; in each, the exact path, the regexes,
-then the path's segment prefixes longest first (`prefix_keys`), then the
-pathless routes. The first candidate whose method, header and query
-conditions hold is the answer. No regex is compiled and nothing is sorted
+within each host group by exact path and in a trie of path segments
+(`trie.PrefixTrie`) — each bucket sorted by the rest of the precedence key.
+`match` then costs a few dict lookups: the host's groups in precedence
+order; in each, the exact path, the regexes, then the prefixes that take
+the path, longest first (one walk down the trie), then the pathless
+routes. The first candidate whose method, header and query conditions hold
+is the answer. No regex is compiled and nothing is sorted
 per request; a match without regex captures returns a `Match` built at
-compile time, so the common case allocates nothing beyond the prefix keys.
+compile time, so the common case allocates little beyond the path's split.
 
 Invariants
 ----------
@@ -56,12 +57,13 @@ from crossway.proxy.routes.predicates import (
     bare_host,
     header_checks,
     host_matches,
-    prefix_keys,
     prefix_matches,
 )
+from crossway.proxy.routes.trie import PrefixTrie
 
 NO_CAPTURES: Mapping[str, str] = MappingProxyType({})
 _EXACT, _REGEX, _PREFIX, _ANY = range(4)
+_NO_QUERY = QueryView("")
 
 
 class Match:
@@ -137,7 +139,7 @@ class _PathIndex:
 
     exact: dict[str, list[CompiledRoute]] = field(default_factory=dict)
     regex: list[CompiledRoute] = field(default_factory=list)
-    prefix: dict[str, list[CompiledRoute]] = field(default_factory=dict)
+    prefix: PrefixTrie[CompiledRoute] = field(default_factory=PrefixTrie)
     any: list[CompiledRoute] = field(default_factory=list)
 
     def add(self, route: CompiledRoute) -> None:
@@ -147,12 +149,12 @@ class _PathIndex:
         elif route.regex is not None:
             self.regex.append(route)
         elif spec.path_prefix is not None:
-            self.prefix.setdefault(spec.path_prefix, []).append(route)
+            self.prefix.add(spec.path_prefix, route)
         else:
             self.any.append(route)
 
     def seal(self) -> None:
-        for bucket in (*self.exact.values(), self.regex, *self.prefix.values(), self.any):
+        for bucket in (*self.exact.values(), self.regex, *self.prefix.buckets(), self.any):
             bucket.sort(key=lambda r: r.rule_key)
 
     def find(self, method: str, path: str, headers: Headers, query: QueryView) -> Match | None:
@@ -171,14 +173,11 @@ class _PathIndex:
     def _find_prefix(
         self, method: str, path: str, headers: Headers, query: QueryView
     ) -> Match | None:
-        prefixes = self.prefix
-        if prefixes:
-            for key in prefix_keys(path):
-                bucket = prefixes.get(key)
-                if bucket is not None:
-                    found = _first(bucket, method, headers, query)
-                    if found is not None:
-                        return found.match
+        if self.prefix.size:
+            for bucket in self.prefix.candidates(path):
+                found = _first(bucket, method, headers, query)
+                if found is not None:
+                    return found.match
         found = _first(self.any, method, headers, query)
         return found.match if found is not None else None
 
@@ -195,7 +194,7 @@ def _first(
 class RouteTable:
     """All routes of one configuration, compiled (see the module header)."""
 
-    __slots__ = ("_any_host", "_exact_hosts", "_wildcards", "routes")
+    __slots__ = ("_any_host", "_exact_hosts", "_queries", "_wildcards", "routes")
 
     def __init__(self, routes: Mapping[str, Route] | Iterable[tuple[str, Route]]) -> None:
         items = routes.items() if isinstance(routes, Mapping) else routes
@@ -203,6 +202,7 @@ class RouteTable:
         self._exact_hosts: dict[str, _PathIndex] = {}
         self._wildcards: dict[str, _PathIndex] = {}
         self._any_host = _PathIndex()
+        self._queries = any(r.query for r in self.routes.values())
         for compiled in self.routes.values():
             self._group_of(compiled.route.match.host).add(compiled)
         for index in (*self._exact_hosts.values(), *self._wildcards.values(), self._any_host):
@@ -229,7 +229,8 @@ class RouteTable:
         `path` is the request target's path as received (no query string, not
         percent-decoded), `host` the Host header (port and case ignored),
         `headers` lower-case names to values, `query` the raw query string."""
-        view = QueryView(query)
+        # without query conditions in the table, no request needs its own view
+        view = QueryView(query) if self._queries else _NO_QUERY
         if host is not None and (self._exact_hosts or self._wildcards):
             for index in self._host_groups(bare_host(host)):
                 found = index.find(method, path, headers, view)
@@ -237,17 +238,21 @@ class RouteTable:
                     return found
         return self._any_host.find(method, path, headers, view)
 
-    def _host_groups(self, host: str) -> Iterable[_PathIndex]:
+    def _host_groups(self, host: str) -> list[_PathIndex]:
+        # a list, not a generator: closing a suspended generator at the first
+        # hit would cost more than the lookups
+        groups = []
         exact = self._exact_hosts.get(host)
         if exact is not None:
-            yield exact
+            groups.append(exact)
         if self._wildcards:
             dot = host.find(".")
             while dot > 0:
                 group = self._wildcards.get(host[dot:])
                 if group is not None:
-                    yield group
+                    groups.append(group)
                 dot = host.find(".", dot + 1)
+        return groups
 
 
 def precedence_key(
