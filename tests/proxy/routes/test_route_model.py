@@ -1,4 +1,8 @@
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crossway.core.errors import InvalidArgument
 from crossway.proxy.routes import Backend, Route, RouteMatch, decode_route, encode_route
@@ -95,3 +99,49 @@ def test_a_bad_document_names_the_field(raw: str, field: str) -> None:
 def test_routes_built_in_code_are_checked_too() -> None:
     with pytest.raises(InvalidArgument):
         Route(match=RouteMatch(path="nope"), backends=(Backend(service="a"),))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 200) | st.sampled_from(["", "/a", "5s", "x", "*"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "match",
+                    "path",
+                    "path_prefix",
+                    "backends",
+                    "service",
+                    "weight",
+                    "retries",
+                    "attempts",
+                    "redirect",
+                    "status",
+                    "host",
+                    "headers",
+                    "name",
+                    "mirror",
+                    "percent",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON)
+def test_any_json_is_a_route_or_an_invalid_argument_naming_a_field(doc: object) -> None:
+    field = ""
+    try:
+        route = decode_route(json.dumps(doc))
+    except InvalidArgument as exc:
+        field = str(exc.details["field"])
+    if field:
+        assert field.startswith("$")
+    else:
+        assert decode_route(encode_route(route)) == route
