@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from crossway.balance import Endpoint
 from crossway.core.clock import Clock, SystemClock
+from crossway.proxy.admin import GatewayStats
 from crossway.proxy.clusters import Clusters
 from crossway.proxy.errors import (
     GatewayError,
@@ -77,7 +78,9 @@ class Gateway:
         options: GatewayOptions | None = None,
         clock: Clock | None = None,
         rng: Callable[[], float] = random.random,
+        stats: GatewayStats | None = None,
     ) -> None:
+        self.stats = stats
         self.config = config
         self.clusters = clusters
         self.pool = pool
@@ -92,15 +95,22 @@ class Gateway:
         self.config = config
 
     async def __call__(self, stream: Stream) -> None:
+        started = self._clock.now()
+        outcome = _Outcome()
         try:
-            await self._handle(stream, self.config)
+            await self._handle(stream, self.config, outcome)
         except GatewayError as error:
+            outcome.status = error.status
             _answer_error(stream, error)
         except ClientBodyError as error:
+            outcome.status = error.rejected.status
             if not stream.response_started:
                 stream.send_local(render_rejected(error.rejected), close=True)
+        finally:
+            if self.stats is not None:
+                self.stats.observe(outcome.route, outcome.status, self._clock.now() - started)
 
-    async def _handle(self, stream: Stream, config: GatewayConfig) -> None:
+    async def _handle(self, stream: Stream, config: GatewayConfig, outcome: _Outcome) -> None:
         head = stream.head
         path, _, query = head.target.decode("latin-1").partition("?")
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
@@ -109,6 +119,7 @@ class Gateway:
         match = config.table.match(method, path, host or None, headers, query)
         if match is None:
             raise NoRoute(f"no route for {method} {path}")
+        outcome.route = match.route.name
         decision = decide(
             match.route.actions,
             match.captures,
@@ -123,13 +134,14 @@ class Gateway:
         if decision.delay > 0:
             await asyncio.sleep(decision.delay)
         if decision.local is not None:
+            outcome.status = decision.local.status
             stream.send_local(_local(decision.local))
             return
         assert decision.backend is not None
-        target = decision.path + ("?" + query if query else "")
-        await self._forward(stream, match, decision.backend.service, target.encode("latin-1"))
+        target = (decision.path + ("?" + query if query else "")).encode("latin-1")
+        outcome.status = await self._forward(stream, match, decision.backend.service, target)
 
-    async def _forward(self, stream: Stream, match: Match, service: str, target: bytes) -> None:
+    async def _forward(self, stream: Stream, match: Match, service: str, target: bytes) -> int:
         route = match.route.route
         _check_body_limit(stream, route)
         edits = _header_edits(match)
@@ -138,12 +150,14 @@ class Gateway:
         for attempt in range(attempts):
             endpoint = self._pick(service, route, tried)
             try:
-                await self._attempt(stream, service, endpoint, route, target, edits)
-                return
+                return await self._attempt(stream, service, endpoint, route, target, edits)
             except (UpstreamConnectFailed, UpstreamReset) as error:
                 tried.add(endpoint.id)
                 if attempt + 1 >= attempts or not _may_retry(stream, route, error):
                     raise
+                if self.stats is not None:
+                    self.stats.retried(match.route.name)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _attempt(
         self,
@@ -153,7 +167,7 @@ class Gateway:
         route: Route,
         target: bytes,
         edits: tuple[Headers, frozenset[bytes]],
-    ) -> None:
+    ) -> int:
         balancer = self.clusters.cluster(service).balancer(route.balancer)
         with balancer.begin(endpoint) as call:
             status = await forward(
@@ -168,6 +182,7 @@ class Gateway:
             )
             if status >= 500:
                 call.end(ok=False)
+            return status
 
     def _pick(self, service: str, route: Route, tried: set[str]) -> Endpoint:
         for _ in range(3):
@@ -224,6 +239,16 @@ def _answer_error(stream: Stream, error: GatewayError) -> None:
         stream.abort()
     else:
         stream.send_local(render(error))
+
+
+class _Outcome:
+    """What one request came to, for the statistics."""
+
+    __slots__ = ("route", "status")
+
+    def __init__(self) -> None:
+        self.route = ""
+        self.status = 0
 
 
 class PayloadTooLarge(GatewayError):

@@ -1,0 +1,78 @@
+"""`crossway gateway`: run the API gateway.
+
+    crossway gateway --control-plane http://127.0.0.1:7700
+    crossway gateway --config gateway.yaml [--port 7780] [--admin-port 7790] [--workers N]
+
+Routes come from the control plane (`PUT /v1/routes/{name}`, followed live)
+or from a YAML file with the same schema; endpoints come from the control
+plane's discovery. With both flags the file gives the routes and the control
+plane the endpoints. `--workers N` runs N processes sharing the port
+(SO_REUSEPORT); the admin port is served by the first. A bad config file is
+one line on stderr naming the file, line and field, and exit status 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crossway.cli._common import fail, fail_unexpected
+from crossway.core.errors import CrosswayError
+from crossway.proxy.run import GatewaySettings, run_gateway
+
+COMMAND = "crossway gateway"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("gateway")(gateway)
+
+
+def gateway(
+    control_plane: Annotated[
+        str | None,
+        typer.Option("--control-plane", envvar="CROSSWAY_CONTROL_PLANE", help="Control plane URL."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="CROSSWAY_GATEWAY_CONFIG", help="Routes YAML file."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", envvar="CROSSWAY_GATEWAY_HOST", help="Proxy address.")
+    ] = "0.0.0.0",
+    port: Annotated[
+        int, typer.Option("--port", envvar="CROSSWAY_GATEWAY_PORT", help="Proxy port.")
+    ] = 7780,
+    admin_port: Annotated[
+        int,
+        typer.Option("--admin-port", envvar="CROSSWAY_ADMIN_PORT", help="Admin port (loopback)."),
+    ] = 7790,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", envvar="CROSSWAY_WORKERS", min=1, help="Processes to run."),
+    ] = 1,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="CROSSWAY_TOKEN", help="Control plane token.")
+    ] = None,
+) -> None:
+    """Run the API gateway (HTTP/1.1 reverse proxy with routes from the control plane)."""
+    if control_plane is None and config is None:
+        fail(COMMAND, "give --control-plane URL or --config FILE")
+    settings = GatewaySettings(
+        control_plane=control_plane,
+        config_path=config,
+        token=token,
+        host=host,
+        port=port,
+        admin_port=admin_port,
+        workers=workers,
+    )
+    try:
+        run_gateway(settings)
+    except CrosswayError as exc:
+        fail(COMMAND, exc.message)
+    except OSError as exc:
+        fail(COMMAND, f"cannot listen: {exc.strerror or exc}")
+    except Exception as exc:
+        fail_unexpected(COMMAND, exc)
