@@ -45,3 +45,14 @@ def test_an_unreadable_document_keeps_the_previous_version() -> None:
     assert book.routes["a"].backends[0].service == "a"
     book.replace({"a": b"{}", "c": b"{}"}, 9)
     assert list(book.routes) == ["a"]
+
+
+def test_unchanged_routes_keep_their_compiled_form() -> None:
+    book = RouteBook()
+    book.replace({"a": A, "b": B}, 1)
+    first = book.snapshot()
+    book.apply_event("put", event("/routes/b", b'{"backends": [{"service": "c"}]}', 2))
+    second = book.snapshot()
+    assert second.table.routes["a"] is first.table.routes["a"]
+    assert second.table.routes["b"] is not first.table.routes["b"]
+    assert second.table.routes["b"].route.backends[0].service == "c"

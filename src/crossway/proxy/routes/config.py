@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -60,16 +60,21 @@ class ConfigFileError(InvalidArgument):
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """One configuration of the gateway (see the module header)."""
+    """One configuration of the gateway (see the module header). `previous`,
+    the configuration this one replaces, lends its compiled routes to the
+    routes that did not change."""
 
     routes: Mapping[str, Route]
     version: str = ""
     table: RouteTable = field(init=False, repr=False, compare=False)
+    _: KW_ONLY
+    previous: InitVar[GatewayConfig | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, previous: GatewayConfig | None) -> None:
         frozen = MappingProxyType(dict(self.routes))
+        reuse = previous.table if previous is not None else None
         object.__setattr__(self, "routes", frozen)
-        object.__setattr__(self, "table", RouteTable(frozen))
+        object.__setattr__(self, "table", RouteTable(frozen, reuse=reuse))
 
 
 EMPTY = GatewayConfig({}, "empty")

@@ -61,6 +61,7 @@ class RouteBook:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.revision = 0
+        self._last: GatewayConfig | None = None
 
     def replace(self, documents: Mapping[str, bytes], revision: int) -> None:
         """Take a whole listing: `documents` maps names to stored JSON."""
@@ -92,7 +93,10 @@ class RouteBook:
         return True
 
     def snapshot(self) -> GatewayConfig:
-        return GatewayConfig(self.routes, str(self.revision))
+        """The routes as a configuration; unchanged routes keep their
+        compiled form from the previous snapshot."""
+        self._last = GatewayConfig(self.routes, str(self.revision), previous=self._last)
+        return self._last
 
 
 def _int(value: object) -> int:

@@ -196,9 +196,18 @@ class RouteTable:
 
     __slots__ = ("_any_host", "_exact_hosts", "_queries", "_wildcards", "routes")
 
-    def __init__(self, routes: Mapping[str, Route] | Iterable[tuple[str, Route]]) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route] | Iterable[tuple[str, Route]],
+        *,
+        reuse: RouteTable | None = None,
+    ) -> None:
+        """Compile `routes`; a route equal to one of `reuse` (the table this
+        one replaces) keeps its compiled form, so a change of one route among
+        thousands compiles one."""
         items = routes.items() if isinstance(routes, Mapping) else routes
-        self.routes: dict[str, CompiledRoute] = {n: CompiledRoute(n, r) for n, r in items}
+        known = reuse.routes if reuse is not None else {}
+        self.routes: dict[str, CompiledRoute] = {n: _compiled(n, r, known) for n, r in items}
         self._exact_hosts: dict[str, _PathIndex] = {}
         self._wildcards: dict[str, _PathIndex] = {}
         self._any_host = _PathIndex()
@@ -253,6 +262,13 @@ class RouteTable:
                     groups.append(group)
                 dot = host.find(".", dot + 1)
         return groups
+
+
+def _compiled(name: str, route: Route, known: Mapping[str, CompiledRoute]) -> CompiledRoute:
+    old = known.get(name)
+    if old is not None and (old.route is route or old.route == route):
+        return old
+    return CompiledRoute(name, route)
 
 
 def precedence_key(
