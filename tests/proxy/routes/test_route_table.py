@@ -1,3 +1,5 @@
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -168,3 +170,18 @@ def test_the_trie_yields_exactly_the_matching_prefixes_longest_first(
     found = [p for bucket in trie.candidates(path) for p in bucket]
     assert sorted(found) == sorted(p for p in prefixes if prefix_matches(p, path))
     assert [len(p) for p in found] == sorted((len(p) for p in found), reverse=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(route_matches(), min_size=1, max_size=6), REQUESTS, st.randoms())
+def test_the_order_routes_are_given_in_never_matters(
+    matches: list[RouteMatch],
+    request: tuple[str, str, str | None, dict[str, str], str],
+    rnd: random.Random,
+) -> None:
+    named = [(f"r{i}", Route(match=m, backends=BACKENDS)) for i, m in enumerate(matches)]
+    shuffled = list(named)
+    rnd.shuffle(shuffled)
+    first = RouteTable(named).match(*request)
+    again = RouteTable(shuffled).match(*request)
+    assert (first.name if first else None) == (again.name if again else None)

@@ -254,7 +254,12 @@ def seconds(value: Duration, field: str, *, positive: bool = False) -> float:
 
 def _within(value: float, field: str, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise _fail(field, f"must be between {low:g} and {high:g}, got {value:g}")
+        raise _fail(field, f"must be between {_num(low)} and {_num(high)}, got {_num(value)}")
+
+
+def _num(value: float) -> str:
+    # 1000000, not 1e+06: these messages are read by people fixing a file
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _regex(pattern: str | None, field: str) -> None:
