@@ -207,3 +207,14 @@ def test_forwarding_decision_carries_backend_path_and_mirror() -> None:
     )
     decision = run(route, path="/api/x", rng_values=(0.95, 0.2))
     assert decision == Decision(None, 0.0, Backend(service="canary", weight=1), "/x", "shadow")
+
+
+def test_a_capture_that_did_not_take_part_rewrites_as_empty() -> None:
+    route = Route(
+        match=RouteMatch(path_regex=r"/files(?:/(?P<name>\w+))?"),
+        backends=ONE,
+        rewrite=Rewrite(path="/store/{name}"),
+    )
+    found = RouteTable({"f": route}).match("GET", "/files")
+    assert found is not None
+    assert rewrite_path(found.route.actions, "/files", found.captures) == "/store/"

@@ -167,7 +167,7 @@ class _PathIndex:
             assert route.regex is not None
             hit = route.regex.fullmatch(path)
             if hit is not None and route.takes(method, headers, query):
-                return Match(route, hit.groupdict()) if route.regex.groupindex else route.match
+                return Match(route, hit.groupdict("")) if route.regex.groupindex else route.match
         return self._find_prefix(method, path, headers, query)
 
     def _find_prefix(
