@@ -233,3 +233,18 @@ async def test_header_timeout_answers_408() -> None:
     async with uvicorn_upstream() as up, gateway(up, limits=limits) as (port, _):
         answer = await exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n")
     assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+def test_the_proxy_runs_on_uvloop() -> None:
+    import uvloop
+
+    async def scenario() -> tuple[int, bytes]:
+        async with uvicorn_upstream() as up, gateway(up) as (port, _), http(port) as client:
+            got = await client.get("/uv")
+            posted = await client.post("/echo", content=b"abc" * 1000)
+            return got.status_code, posted.content
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        status, echoed = runner.run(scenario())
+    assert status == 200
+    assert echoed == b"abc" * 1000

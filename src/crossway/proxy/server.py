@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import cast
 
 from crossway.core.clock import Clock, SystemClock
 from crossway.proxy.errors import GatewayError, render, render_rejected
@@ -169,9 +170,9 @@ class Http1Protocol(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._inbox = Inbox(transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._inbox = Inbox(self._transport)
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else "unknown"
         scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"

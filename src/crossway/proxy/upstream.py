@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from typing import cast
 
 from crossway.core.clock import Clock, SystemClock
 from crossway.proxy.errors import Overloaded, UpstreamConnectFailed
@@ -65,9 +66,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._inbox = Inbox(transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._inbox = Inbox(self._transport)
 
     def data_received(self, data: bytes) -> None:
         assert self._inbox is not None
