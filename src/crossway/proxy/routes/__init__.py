@@ -38,6 +38,7 @@ from crossway.proxy.routes.model import (
     decode_route,
     encode_route,
 )
+from crossway.proxy.routes.retry import RetryRule
 from crossway.proxy.routes.table import CompiledRoute, Match, RouteTable
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "Redirect",
     "Retries",
     "RetryBudget",
+    "RetryRule",
     "Rewrite",
     "Route",
     "RouteActions",

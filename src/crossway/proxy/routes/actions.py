@@ -6,9 +6,10 @@ Theory of operation
 a `RouteActions`: cumulative weights for the splits, compiled header
 conditions, the rewrite template cut into literal and capture parts, the
 header edits and the local answers (direct response, CORS headers) encoded
-ahead of time. Per request, `decide(...)` answers with a `Decision` — answer
-locally, or forward to this backend with this path, after this delay, with
-a copy to that mirror — and the engine carries it out. Nothing here does
+ahead of time, the timeouts in seconds and the retry rule (retry.py).
+Per request, `decide(...)` answers with a `Decision` — answer locally, or
+forward to this backend with this path, after this delay, with a copy to
+that mirror — and the engine carries it out. Nothing here does
 I/O, sleeps or reads a clock; randomness comes in as `rng` (a callable
 returning a float in [0, 1), e.g. `random.random`), so tests replay any
 sequence of draws.
@@ -39,6 +40,7 @@ from crossway.proxy.routes.model import (
     Backend,
     Cors,
     DirectResponse,
+    Duration,
     Fault,
     HeaderEdits,
     Mirror,
@@ -47,6 +49,7 @@ from crossway.proxy.routes.model import (
     seconds,
 )
 from crossway.proxy.routes.predicates import HeaderCheck, Headers, all_hold, header_checks
+from crossway.proxy.routes.retry import RetryRule
 
 Rng = Callable[[], float]
 HeaderList = list[tuple[str, str]]
@@ -170,6 +173,9 @@ class RouteActions:
     cors: CorsPolicy | None
     fault: Fault | None
     mirror: Mirror | None
+    retry: RetryRule
+    timeout: float | None
+    idle_timeout: float | None
 
 
 def compile_actions(route: Route) -> RouteActions:
@@ -190,7 +196,14 @@ def compile_actions(route: Route) -> RouteActions:
         cors=CorsPolicy(route.cors) if route.cors else None,
         fault=route.fault,
         mirror=route.mirror,
+        retry=RetryRule(route.retries),
+        timeout=_seconds_or_none(route.timeout, "$.timeout"),
+        idle_timeout=_seconds_or_none(route.idle_timeout, "$.idle_timeout"),
     )
+
+
+def _seconds_or_none(value: Duration | None, field: str) -> float | None:
+    return seconds(value, field) if value is not None else None
 
 
 def _editor(edits: HeaderEdits | None) -> HeaderEditor | None:

@@ -194,7 +194,8 @@ class RetryBudget(_Spec, frozen=True):
 
 class Retries(_Spec, frozen=True):
     """`attempts` counts every try, the first included. A request is retried
-    on the `conditions`; `statuses` are the "retriable-status" codes.
+    on the `conditions` (see retry.py); a status in `statuses` is always
+    retriable.
     (Not `on`, the usual name: YAML 1.1 reads an unquoted `on` key as true.)
     Only idempotent methods are retried unless `non_idempotent` (a connect
     failure, where nothing was sent, is retried for every method)."""
