@@ -218,3 +218,14 @@ def test_a_capture_that_did_not_take_part_rewrites_as_empty() -> None:
     found = RouteTable({"f": route}).match("GET", "/files")
     assert found is not None
     assert rewrite_path(found.route.actions, "/files", found.captures) == "/store/"
+
+
+def test_a_route_with_cors_takes_the_preflights_of_its_methods() -> None:
+    route = Route(match=RouteMatch(path="/x", methods=("PUT",)), backends=ONE, cors=Cors())
+    table = RouteTable(
+        {"x": route, "plain": Route(match=RouteMatch(methods=("PUT",)), backends=ONE)}
+    )
+    found = table.match("OPTIONS", "/x")
+    assert found is not None
+    assert found.name == "x"
+    assert table.match("OPTIONS", "/y") is None

@@ -102,7 +102,7 @@ class CompiledRoute:
         spec = route.match
         self.name = name
         self.route = route
-        self.methods = frozenset(spec.methods) if spec.methods else None
+        self.methods = _methods(route)
         self.headers: tuple[HeaderCheck, ...] = header_checks(spec.headers)
         self.query = tuple(QueryCheck(q) for q in spec.query)
         self.regex = re.compile(spec.path_regex) if spec.path_regex is not None else None
@@ -180,6 +180,15 @@ class _PathIndex:
                     return found.match
         found = _first(self.any, method, headers, query)
         return found.match if found is not None else None
+
+
+def _methods(route: Route) -> frozenset[str] | None:
+    methods = route.match.methods
+    if not methods:
+        return None
+    # a CORS preflight is an OPTIONS request: a route with CORS must take it
+    # to answer it, whatever methods it lists for the real requests
+    return frozenset(methods) | {"OPTIONS"} if route.cors is not None else frozenset(methods)
 
 
 def _first(
