@@ -256,10 +256,15 @@ def rewrite_path(actions: RouteActions, path: str, captures: Mapping[str, str]) 
 
 
 def redirect_location(redirect: Redirect, *, scheme: str, host: str, path: str, query: str) -> str:
-    """The Location of a redirect: each part the redirect leaves out is the request's."""
+    """The Location of a redirect: each part the redirect leaves out is the
+    request's, except that a new host or a new scheme drops the request's
+    port (it belonged to the old one) unless `port` is given."""
     target_host = redirect.host or host
+    new_scheme = redirect.scheme is not None and redirect.scheme != scheme
     if redirect.port is not None:
         target_host = f"{_without_port(target_host)}:{redirect.port}"
+    elif new_scheme:
+        target_host = _without_port(target_host)
     location = f"{redirect.scheme or scheme}://{target_host}{redirect.path or path}"
     if query and not redirect.strip_query:
         location += "?" + query

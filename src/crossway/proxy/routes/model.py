@@ -135,7 +135,7 @@ class HeaderEdits(_Spec, frozen=True):
 
 class Redirect(_Spec, frozen=True):
     """Answer with a redirect; each part not given keeps the request's (a new
-    `host` drops the request's port unless `port` is given too)."""
+    `host` or `scheme` drops the request's port unless `port` is given too)."""
 
     scheme: Literal["http", "https"] | None = None
     host: str | None = None
