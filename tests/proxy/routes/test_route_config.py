@@ -104,3 +104,10 @@ def test_the_example_configuration_loads() -> None:
     config = load_config(example)
     assert len(config.routes) == 6
     assert config.routes["orders"].timeout == "5s"
+
+
+def test_a_key_given_twice_is_an_error() -> None:
+    error = error_of(GOOD + "  orders:\n    direct_response: {}\n")
+    assert error.details["line"] == 13
+    assert error.message == "gw.yaml:13: routes.orders: duplicate key"
+    assert error.details["field"] == "$.routes.orders"

@@ -28,6 +28,7 @@ Invariants
 - A `GatewayConfig` holds only valid routes and a table compiled from them.
 - `load_config` either returns a whole configuration or raises
   `ConfigFileError`; it never returns part of a file.
+- A key given twice in one mapping is an error (YAML would keep the last).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
     """The configuration in YAML `text`; errors as `load_config`, naming `source`."""
     data, root = _parse_yaml(text, source)
+    _refuse_duplicate_keys(root, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -122,6 +124,28 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{source}: not valid YAML: {exc}", file=source, line=0) from None
+
+
+def _refuse_duplicate_keys(root: yaml.Node | None, source: str) -> None:
+    """YAML keeps the last of two equal keys without a word; a second route
+    of the same name is far more likely a copy-paste slip than an intent."""
+    stack: list[tuple[yaml.Node, str]] = [(root, "$")] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            seen: set[object] = set()
+            for key, value in node.value:
+                at = f"{path}.{key.value}"
+                if key.value in seen:
+                    line = key.start_mark.line + 1
+                    shown = at.removeprefix("$.")
+                    raise ConfigFileError(
+                        f"{source}:{line}: {shown}: duplicate key", file=source, line=line, field=at
+                    )
+                seen.add(key.value)
+                stack.append((value, at))
 
 
 def _routes(raw: object, source: str, root: yaml.Node | None) -> dict[str, Route]:
