@@ -29,6 +29,7 @@ from crossway.proxy.routes.actions import (
     compile_actions,
     decide,
     fault_decision,
+    response_headers,
     rewrite_path,
     should_mirror,
 )
@@ -232,3 +233,20 @@ def test_a_route_with_cors_takes_the_preflights_of_its_methods() -> None:
     assert found is not None
     assert found.name == "x"
     assert table.match("OPTIONS", "/y") is None
+
+
+def test_response_headers_get_the_edits_then_cors() -> None:
+    route = Route(
+        backends=ONE,
+        response_headers=HeaderEdits(remove=("server",), add={"x-served-by": "gw"}),
+        cors=Cors(),
+    )
+    actions = compile_actions(route)
+    upstream = [("Server", "nginx"), ("Access-Control-Allow-Origin", "*.evil"), ("a", "1")]
+    assert response_headers(actions, upstream, "https://app") == [
+        ("a", "1"),
+        ("x-served-by", "gw"),
+        ("access-control-allow-origin", "*"),
+    ]
+    plain = compile_actions(Route(backends=ONE))
+    assert response_headers(plain, upstream, "https://app") is upstream

@@ -9,7 +9,8 @@ header edits and the local answers (direct response, CORS headers) encoded
 ahead of time, the timeouts in seconds and the retry rule (retry.py).
 Per request, `decide(...)` answers with a `Decision` — answer locally, or
 forward to this backend with this path, after this delay, with a copy to
-that mirror — and the engine carries it out. Nothing here does
+that mirror — and the engine carries it out; `response_headers(...)` does
+the same for the answer that comes back (header edits, CORS). Nothing here does
 I/O, sleeps or reads a clock; randomness comes in as `rng` (a callable
 returning a float in [0, 1), e.g. `random.random`), so tests replay any
 sequence of draws.
@@ -352,3 +353,19 @@ def decide(
     copy_to = mirror.service if mirror is not None and should_mirror(mirror, rng) else None
     upstream_path = rewrite_path(actions, path, captures)
     return Decision(None, fault.delay, backend, upstream_path, copy_to)
+
+
+def response_headers(actions: RouteActions, headers: HeaderList, origin: str | None) -> HeaderList:
+    """The headers of a forwarded answer as the client gets them: the route's
+    `response_headers` edits, then the CORS headers for the request's
+    `origin` (the Origin header, None without one). Returns `headers` itself
+    when the route changes nothing."""
+    editor = actions.response_headers
+    cors = actions.cors.response_headers(origin) if actions.cors is not None else []
+    if editor is None and not cors:
+        return headers
+    edited = editor.apply(headers) if editor is not None else list(headers)
+    if cors:
+        names = {name for name, _ in cors}
+        edited = [(k, v) for k, v in edited if k.lower() not in names] + cors
+    return edited
