@@ -66,6 +66,9 @@ class Inbox(Generic[T]):
         self._closed = True
         self._wake()
 
+    def __len__(self) -> int:
+        return len(self._events)
+
     async def get(self) -> T | None:
         """The next event, or None once closed and empty. Cancellation-safe."""
         events = self._events

@@ -219,7 +219,9 @@ async def _relay(
     length = head.content_length if framing is not Framing.CHUNKED else None
     headers = forward_response(head.headers, b"1.1", policy)
     no_body = framing is Framing.NONE
-    stream.start_response(head.status, headers, length=length, no_body=no_body)
+    # When the body is already here, head and body leave in one write.
+    defer = conn.buffered
+    stream.start_response(head.status, headers, length=length, no_body=no_body, defer=defer)
     if no_body:
         stream.finish()
         return

@@ -71,7 +71,16 @@ class ServerLimits:
 class Http1Stream:
     """One request/response exchange on an HTTP/1.1 connection."""
 
-    __slots__ = ("_conn", "_continue", "_done", "_framing", "head", "peer", "response_started")
+    __slots__ = (
+        "_conn",
+        "_continue",
+        "_done",
+        "_framing",
+        "_held",
+        "head",
+        "peer",
+        "response_started",
+    )
 
     def __init__(self, conn: Http1Protocol, head: RequestHead, peer: Peer) -> None:
         self._conn = conn
@@ -79,6 +88,7 @@ class Http1Stream:
         self.peer = peer
         self.response_started = False
         self._framing = Framing.NONE
+        self._held = b""  # a deferred response head, sent with the first body bytes
         self._done = not head.has_body
         self._continue = head.expect_continue
 
@@ -105,7 +115,13 @@ class Http1Stream:
         raise ConnectionResetError("client closed mid-request")
 
     def start_response(
-        self, status: int, headers: Headers, *, length: int | None, no_body: bool = False
+        self,
+        status: int,
+        headers: Headers,
+        *,
+        length: int | None,
+        no_body: bool = False,
+        defer: bool = False,
     ) -> None:
         self.response_started = True
         framing = self._choose_framing(status, length, no_body)
@@ -117,7 +133,11 @@ class Http1Stream:
             headers.append((b"connection", b"keep-alive"))
         wire = framing if framing is not Framing.NONE or length is None else Framing.LENGTH
         self._framing = framing
-        self._conn.write(encode_head(status_line(status, b"1.1"), headers, wire, length))
+        wire_head = encode_head(status_line(status, b"1.1"), headers, wire, length)
+        if defer:
+            self._held = wire_head  # one write (one syscall) for head and body
+        else:
+            self._conn.write(wire_head)
 
     def _choose_framing(self, status: int, length: int | None, no_body: bool) -> Framing:
         if no_body or self.head.method == b"HEAD" or status in (204, 304):
@@ -131,12 +151,17 @@ class Http1Stream:
         framing = self._framing
         if framing is Framing.NONE or not data:
             return
-        self._conn.write(encode_chunk(data) if framing is Framing.CHUNKED else data)
+        wire = encode_chunk(data) if framing is Framing.CHUNKED else data
+        if self._held:
+            wire, self._held = self._held + wire, b""
+        self._conn.write(wire)
         await self._conn.gate.drain()
 
     def finish(self) -> None:
-        if self._framing is Framing.CHUNKED:
-            self._conn.write(LAST_CHUNK)
+        tail = LAST_CHUNK if self._framing is Framing.CHUNKED else b""
+        if self._held or tail:
+            self._conn.write(self._held + tail)
+            self._held = b""
 
     def abort(self) -> None:
         self._conn.must_close = True

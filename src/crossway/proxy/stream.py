@@ -42,8 +42,16 @@ class Stream(Protocol):
     async def read(self) -> bytes | None: ...
 
     def start_response(
-        self, status: int, headers: Headers, *, length: int | None, no_body: bool = False
-    ) -> None: ...
+        self,
+        status: int,
+        headers: Headers,
+        *,
+        length: int | None,
+        no_body: bool = False,
+        defer: bool = False,
+    ) -> None:
+        """Send (or with `defer`, hold until the first body bytes) the head."""
+        ...
 
     async def write(self, data: bytes) -> None: ...
 

@@ -111,6 +111,11 @@ class UpstreamConnection(asyncio.Protocol):
         return await self._inbox.get()
 
     @property
+    def buffered(self) -> bool:
+        """Whether response events are already waiting to be taken."""
+        return self._inbox is not None and len(self._inbox) > 0
+
+    @property
     def reusable(self) -> bool:
         return not self.closed and self.parser.reusable
 
