@@ -250,3 +250,13 @@ def test_response_headers_get_the_edits_then_cors() -> None:
     ]
     plain = compile_actions(Route(backends=ONE))
     assert response_headers(plain, upstream, "https://app") is upstream
+
+
+def test_local_answers_carry_cors_headers_for_allowed_origins() -> None:
+    route = Route(direct_response=DirectResponse(body="hi"), cors=Cors())
+    answer = run(route, headers={"origin": "https://app"}).local
+    assert answer is not None
+    assert ("access-control-allow-origin", "*") in answer.headers
+    bare = run(route).local
+    assert bare is not None
+    assert all(not name.startswith("access-control") for name, _ in bare.headers)

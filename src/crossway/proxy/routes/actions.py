@@ -147,7 +147,17 @@ class CorsPolicy:
         answer = self.origin_headers(origin) + list(self.preflight_headers)
         return LocalResponse(204, tuple(answer))
 
-    def response_headers(self, origin: str | None) -> list[tuple[str, str]]:
+    def _with_cors(actions: RouteActions, answer: LocalResponse, headers: Headers) -> LocalResponse:
+    # a browser hides an answer without CORS headers from the page, whatever it says
+    if actions.cors is None:
+        return answer
+    extra = actions.cors.response_headers(headers.get("origin"))
+    if not extra:
+        return answer
+    return LocalResponse(answer.status, answer.headers + tuple(extra), answer.body)
+
+
+def response_headers(self, origin: str | None) -> list[tuple[str, str]]:
         """Headers to add to a forwarded answer for `origin` (none when the
         request had no Origin or it is not allowed)."""
         if origin is None or not self.allows(origin):
@@ -339,20 +349,30 @@ def decide(
             return Decision(preflight)
     fault = fault_decision(actions.fault, rng)
     if fault.abort is not None:
-        return Decision(LocalResponse(fault.abort), fault.delay)
+        return Decision(_with_cors(actions, LocalResponse(fault.abort), headers), fault.delay)
     if actions.redirect is not None:
         location = redirect_location(
             actions.redirect, scheme=scheme, host=host, path=path, query=query
         )
         answer = LocalResponse(actions.redirect.status, (("location", location),))
-        return Decision(answer, fault.delay)
+        return Decision(_with_cors(actions, answer, headers), fault.delay)
     if actions.direct is not None:
-        return Decision(actions.direct, fault.delay)
+        return Decision(_with_cors(actions, actions.direct, headers), fault.delay)
     backend = choose_split(actions, headers).pick(rng())
     mirror = actions.mirror
     copy_to = mirror.service if mirror is not None and should_mirror(mirror, rng) else None
     upstream_path = rewrite_path(actions, path, captures)
     return Decision(None, fault.delay, backend, upstream_path, copy_to)
+
+
+def _with_cors(actions: RouteActions, answer: LocalResponse, headers: Headers) -> LocalResponse:
+    # a browser hides an answer without CORS headers from the page, whatever it says
+    if actions.cors is None:
+        return answer
+    extra = actions.cors.response_headers(headers.get("origin"))
+    if not extra:
+        return answer
+    return LocalResponse(answer.status, answer.headers + tuple(extra), answer.body)
 
 
 def response_headers(actions: RouteActions, headers: HeaderList, origin: str | None) -> HeaderList:
