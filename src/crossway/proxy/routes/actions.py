@@ -147,17 +147,7 @@ class CorsPolicy:
         answer = self.origin_headers(origin) + list(self.preflight_headers)
         return LocalResponse(204, tuple(answer))
 
-    def _with_cors(actions: RouteActions, answer: LocalResponse, headers: Headers) -> LocalResponse:
-    # a browser hides an answer without CORS headers from the page, whatever it says
-    if actions.cors is None:
-        return answer
-    extra = actions.cors.response_headers(headers.get("origin"))
-    if not extra:
-        return answer
-    return LocalResponse(answer.status, answer.headers + tuple(extra), answer.body)
-
-
-def response_headers(self, origin: str | None) -> list[tuple[str, str]]:
+    def response_headers(self, origin: str | None) -> list[tuple[str, str]]:
         """Headers to add to a forwarded answer for `origin` (none when the
         request had no Origin or it is not allowed)."""
         if origin is None or not self.allows(origin):
