@@ -181,3 +181,48 @@ async def test_smuggled_request_never_reaches_the_upstream() -> None:
         await server.stop()
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert seen == []
+
+
+async def test_an_upstream_stopped_mid_load_costs_no_idempotent_request() -> None:
+    route = {
+        "match": {"path_prefix": "/"},
+        "backends": [{"service": "svc"}],
+        "retries": {"attempts": 3},
+    }
+    async with uvicorn_upstream() as steady:
+        clusters = Clusters(clock=SystemClock())
+        gw = gateway(config(r=route), clusters)
+        async with running(gw) as client, contextlib.AsyncExitStack() as doomed_stack:
+            doomed = await doomed_stack.enter_async_context(uvicorn_upstream())
+            clusters.update("svc", [endpoint(steady, "steady"), endpoint(doomed, "doomed")])
+
+            async def load() -> list[int]:
+                return [(await client.get(f"/r{i}")).status_code for i in range(60)]
+
+            tasks = [asyncio.ensure_future(load()) for _ in range(4)]
+            await asyncio.sleep(0.1)
+            await doomed_stack.aclose()  # the upstream goes away mid-load
+            results = await asyncio.gather(*tasks)
+    assert [s for batch in results for s in batch] == [200] * 240
+
+
+async def test_a_client_leaving_mid_download_frees_the_upstream_connection() -> None:
+    async with uvicorn_upstream() as up:
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("svc", [endpoint(up)])
+        route = {"match": {"path_prefix": "/"}, "backends": [{"service": "svc"}]}
+        gw = gateway(config(r=route), clusters)
+        server = ProxyServer(gw)
+        port = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /big?n=100000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        await reader.readexactly(1 << 20)
+        writer.transport.abort()
+        pool = gw.pool.endpoint(("127.0.0.1", up))
+        for _ in range(200):
+            if pool.active == 0:
+                break
+            await asyncio.sleep(0.01)
+        await server.stop()
+        gw.pool.close()
+    assert pool.active == 0
