@@ -118,7 +118,9 @@ async def _attempt(
     fresh: bool,
 ) -> int:
     conn = await pool.acquire(address)
-    if fresh and conn.exchanges:
+    while fresh and conn.exchanges:
+        # Idle connections older than the one that just failed are suspect
+        # too (the upstream likely restarted); drop them and connect anew.
         conn.close()
         pool.release(conn)
         conn = await pool.acquire(address)
