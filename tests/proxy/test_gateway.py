@@ -226,3 +226,31 @@ async def test_a_client_leaving_mid_download_frees_the_upstream_connection() -> 
         await server.stop()
         gw.pool.close()
     assert pool.active == 0
+
+
+async def test_response_header_edits_cors_and_route_body_limit() -> None:
+    route = {
+        "match": {"path_prefix": "/"},
+        "backends": [{"service": "svc"}],
+        "response_headers": {"set": {"x-served-by": "crossway"}, "remove": ["content-type"]},
+        "cors": {"allow_origins": ["https://shop.example"]},
+        "max_request_bytes": 10,
+    }
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"12345"
+
+    async with uvicorn_upstream() as up:
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("svc", [endpoint(up)])
+        async with running(gateway(config(r=route), clusters)) as client:
+            answer = await client.get("/x", headers={"origin": "https://shop.example"})
+            too_big = await client.post("/count", content=chunks())
+            small = await client.post("/count", content=b"12345")
+    assert answer.headers["x-served-by"] == "crossway"
+    assert "content-type" not in answer.headers
+    assert answer.headers["access-control-allow-origin"] == "https://shop.example"
+    assert too_big.status_code == 413
+    assert too_big.json()["error"]["code"] == "payload_too_large"
+    assert small.text == "5"

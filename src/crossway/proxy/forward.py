@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from crossway.proxy.errors import (
     UpstreamProtocolError,
@@ -36,7 +38,7 @@ from crossway.proxy.errors import (
     UpstreamTimeout,
 )
 from crossway.proxy.headers import ForwardingPolicy, Headers, forward_request, forward_response
-from crossway.proxy.http1 import Body, RequestHead
+from crossway.proxy.http1 import Body, Rejected, RequestHead
 from crossway.proxy.http1_wire import (
     LAST_CHUNK,
     EndOfResponse,
@@ -57,6 +59,17 @@ class _Stale(Exception):
     """A reused connection died before answering; safe to try a fresh one."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything an attempt needs besides the stream and the connection."""
+
+    wire_head: bytes
+    timeout: float
+    policy: ForwardingPolicy
+    edit_response: Callable[[Headers], Headers] | None
+    max_body: int | None
+
+
 async def forward(
     stream: Stream,
     address: Address,
@@ -67,19 +80,24 @@ async def forward(
     target: bytes | None = None,
     extra_headers: Headers | None = None,
     drop_headers: frozenset[bytes] = frozenset(),
+    edit_response: Callable[[Headers], Headers] | None = None,
+    max_body: int | None = None,
 ) -> int:
     """Send `stream`'s request to `address`; returns the upstream status.
 
     Raises `GatewayError` (502 connect/reset/protocol, 503 overloaded, 504
     timeout) if no response head reached the client; after that, failures
     abort the client connection and are not raised. `ClientBodyError` from the
-    client's body propagates. Cancellation closes the upstream connection.
+    client's body propagates (a body over `max_body` is one, status 413).
+    `edit_response` rewrites the response headers. Cancellation closes the
+    upstream connection.
     """
     wire_head = _request_head(stream, policy, target, extra_headers, drop_headers)
+    plan = _Plan(wire_head, timeout, policy, edit_response, max_body)
     try:
-        return await _attempt(stream, address, pool, wire_head, timeout, policy, fresh=False)
+        return await _attempt(stream, address, pool, plan, fresh=False)
     except _Stale:
-        return await _attempt(stream, address, pool, wire_head, timeout, policy, fresh=True)
+        return await _attempt(stream, address, pool, plan, fresh=True)
 
 
 def _request_head(
@@ -111,9 +129,7 @@ async def _attempt(
     stream: Stream,
     address: Address,
     pool: UpstreamPool,
-    wire_head: bytes,
-    timeout: float,
-    policy: ForwardingPolicy,
+    plan: _Plan,
     *,
     fresh: bool,
 ) -> int:
@@ -125,28 +141,22 @@ async def _attempt(
         pool.release(conn)
         conn = await pool.acquire(address)
     try:
-        return await _exchange(stream, conn, wire_head, timeout, policy)
+        return await _exchange(stream, conn, plan)
     finally:
         pool.release(conn)
 
 
-async def _exchange(
-    stream: Stream,
-    conn: UpstreamConnection,
-    wire_head: bytes,
-    timeout: float,
-    policy: ForwardingPolicy,
-) -> int:
+async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> int:
     head = stream.head
     reused = conn.exchanges > 0
     conn.begin(head.method)
-    conn.write(wire_head)
+    conn.write(plan.wire_head)
     pump = None
     if head.has_body:
-        pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn))
+        pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn, plan.max_body))
     try:
-        response = await _await_head(conn, pump, timeout, retry_ok=reused and pump is None)
-        await _relay(stream, conn, response, policy)
+        response = await _await_head(conn, pump, plan.timeout, retry_ok=reused and pump is None)
+        await _relay(stream, conn, response, plan)
         if pump is not None and not pump.done():
             conn.close()  # upstream answered without reading everything
         return response.status
@@ -160,9 +170,13 @@ async def _exchange(
                 await pump
 
 
-async def _pump_body(stream: Stream, conn: UpstreamConnection) -> None:
+async def _pump_body(stream: Stream, conn: UpstreamConnection, limit: int | None) -> None:
     chunked = stream.head.chunked
+    sent = 0
     while (data := await stream.read()) is not None:
+        sent += len(data)
+        if limit is not None and sent > limit:
+            raise ClientBodyError(Rejected(413, "payload_too_large", "request body too large"))
         conn.write(encode_chunk(data) if chunked else data)
         await conn.drain()
     if chunked:
@@ -214,12 +228,12 @@ def _raise_body_error(pump: asyncio.Task[None]) -> None:
         raise error
 
 
-async def _relay(
-    stream: Stream, conn: UpstreamConnection, head: ResponseHead, policy: ForwardingPolicy
-) -> None:
+async def _relay(stream: Stream, conn: UpstreamConnection, head: ResponseHead, plan: _Plan) -> None:
     framing = head.framing
     length = head.content_length if framing is not Framing.CHUNKED else None
-    headers = forward_response(head.headers, b"1.1", policy)
+    headers = forward_response(head.headers, b"1.1", plan.policy)
+    if plan.edit_response is not None:
+        headers = plan.edit_response(headers)
     no_body = framing is Framing.NONE
     # When the body is already here, head and body leave in one write.
     defer = conn.buffered

@@ -32,6 +32,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from crossway.balance import Endpoint
 from crossway.core.clock import Clock, SystemClock
@@ -49,7 +50,12 @@ from crossway.proxy.errors import (
 from crossway.proxy.forward import forward
 from crossway.proxy.headers import ForwardingPolicy, Headers
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
-from crossway.proxy.routes.actions import LocalResponse, decide
+from crossway.proxy.routes.actions import (
+    LocalResponse,
+    RouteActions,
+    decide,
+    response_headers,
+)
 from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import Route, seconds
 from crossway.proxy.routes.table import Match
@@ -144,7 +150,7 @@ class Gateway:
     async def _forward(self, stream: Stream, match: Match, service: str, target: bytes) -> int:
         route = match.route.route
         _check_body_limit(stream, route)
-        edits = _header_edits(match)
+        edits = _header_edits(match, stream)
         attempts = max(route.retries.attempts, 1)
         tried: set[str] = set()
         for attempt in range(attempts):
@@ -166,7 +172,7 @@ class Gateway:
         endpoint: Endpoint,
         route: Route,
         target: bytes,
-        edits: tuple[Headers, frozenset[bytes]],
+        edits: _Edits,
     ) -> int:
         balancer = self.clusters.cluster(service).balancer(route.balancer)
         with balancer.begin(endpoint) as call:
@@ -177,8 +183,10 @@ class Gateway:
                 policy=self.options.policy,
                 timeout=self._timeout(route),
                 target=target,
-                extra_headers=edits[0],
-                drop_headers=edits[1],
+                extra_headers=edits.extra,
+                drop_headers=edits.drop,
+                edit_response=edits.response,
+                max_body=route.max_request_bytes,
             )
             if status >= 500:
                 call.end(ok=False)
@@ -217,15 +225,38 @@ def _check_body_limit(stream: Stream, route: Route) -> None:
         raise PayloadTooLarge(f"request body over {limit} bytes")
 
 
-def _header_edits(match: Match) -> tuple[Headers, frozenset[bytes]]:
-    editor = match.route.actions.request_headers
-    if editor is None:
-        return [], frozenset()
-    # The editor's set/add lists are fixed per route; the client's fields it
-    # removes or replaces are dropped on the way upstream.
-    added = [*editor.set, *editor.add]
-    encoded = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in added]
-    return encoded, frozenset(n.encode("latin-1") for n in editor.drop)
+class _Edits(NamedTuple):
+    """A route's header changes, folded for one request."""
+
+    extra: Headers
+    drop: frozenset[bytes]
+    response: Callable[[Headers], Headers] | None
+
+
+def _header_edits(match: Match, stream: Stream) -> _Edits:
+    actions = match.route.actions
+    editor = actions.request_headers
+    extra: Headers = []
+    drop: frozenset[bytes] = frozenset()
+    if editor is not None:
+        # The editor's set/add lists are fixed per route; the client's fields
+        # it removes or replaces are dropped on the way upstream.
+        extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in (*editor.set, *editor.add)]
+        drop = frozenset(n.encode("latin-1") for n in editor.drop)
+    return _Edits(extra, drop, _response_edit(actions, stream))
+
+
+def _response_edit(actions: RouteActions, stream: Stream) -> Callable[[Headers], Headers] | None:
+    if actions.response_headers is None and actions.cors is None:
+        return None
+    origin = next((v.decode("latin-1") for n, v in stream.head.headers if n == b"origin"), None)
+
+    def edit(headers: Headers) -> Headers:
+        text = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+        edited = response_headers(actions, text, origin)
+        return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in edited]
+
+    return edit
 
 
 def _local(answer: LocalResponse) -> bytes:
