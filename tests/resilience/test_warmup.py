@@ -64,8 +64,10 @@ def test_warm_up_starts_slow_and_reaches_the_full_rate(
     grants = greedy(limiter, clock, until=warmup * 1.5 + 10 / rate)
     gaps = [b - a for a, b in itertools.pairwise(grants)]
     stable, cold = 1 / rate, cold_factor / rate
-    # Starts slow: the first permit costs nearly the cold interval.
-    assert gaps[0] >= stable + 0.9 * (cold - stable)
+    # Starts slow: the first permit costs nearly the cold interval. It is the
+    # mean interval over the top permit of the warm zone, which spans at least
+    # 2 * 10 / (1 + 6) ≈ 2.9 permits here, so at least 82% of the way to cold.
+    assert gaps[0] >= stable + 0.8 * (cold - stable)
     # The rate only climbs: each gap is no longer than the one before it.
     assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(gaps))
     # It takes `warmup` of full demand to reach the stable rate, then stays there.
