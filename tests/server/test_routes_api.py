@@ -33,7 +33,7 @@ MINIMAL = {
 
 @pytest.fixture
 def app(ctx: ServerContext) -> Starlette:
-    return create_app(ctx, extra=[routes_api.routes])
+    return create_app(ctx)
 
 
 @pytest.fixture

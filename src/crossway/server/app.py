@@ -58,7 +58,17 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from crossway.server.api import config, coord, policies, registry, stats, system, traces, watch
+from crossway.server.api import (
+    config,
+    coord,
+    policies,
+    registry,
+    routes,
+    stats,
+    system,
+    traces,
+    watch,
+)
 from crossway.server.context import ServerContext
 from crossway.server.errors import ErrorBoundary
 from crossway.server.middleware import BearerAuth, HttpMetrics, RequestObserver
@@ -74,6 +84,7 @@ ROUTE_PROVIDERS: tuple[RouteProvider, ...] = (
     config.routes,
     coord.routes,
     policies.routes,
+    routes.routes,
     traces.routes,
 )
 
