@@ -8,8 +8,13 @@
 # `Clusters.update(service, endpoints)` whenever the set changes; each
 # balancer rebuilds then, never per request (balance/endpoint.py).
 #
+# Each cluster also runs an `OutlierDetector` (Envoy's outlier detection):
+# the engine records every attempt's outcome, and when the ejected set
+# changes — on a record, or when an ejection expires, noticed on the next
+# pick — every balancer of the cluster is told (`set_ejected`).
+#
 # Pure: no I/O, no event loop. The clock feeds the load-aware balancers'
-# latency estimates.
+# latency estimates and the ejection times.
 #
 # Invariants
 # ----------
@@ -27,6 +32,9 @@ from crossway.balance import (
     Endpoint,
     LeastRequest,
     Maglev,
+    Outcome,
+    OutlierConfig,
+    OutlierDetector,
     PeakEwma,
     RingHash,
     SmoothWeighted,
@@ -50,26 +58,48 @@ def make_balancer(name: str, *, clock: Clock, rng: random.Random | None = None) 
 class Cluster:
     """One backend service: endpoints and a balancer per policy name."""
 
-    __slots__ = ("_balancers", "_clock", "endpoints", "name")
+    __slots__ = ("_balancers", "_clock", "_ejected", "endpoints", "name", "outlier")
 
-    def __init__(self, name: str, *, clock: Clock) -> None:
+    def __init__(self, name: str, *, clock: Clock, outlier: OutlierConfig | None = None) -> None:
         self.name = name
         self._clock = clock
         self.endpoints: tuple[Endpoint, ...] = ()
         self._balancers: dict[str, Balancer] = {}
+        self.outlier = OutlierDetector(outlier, clock=clock)
+        self._ejected: frozenset[str] = frozenset()
 
     def update(self, endpoints: Iterable[Endpoint]) -> None:
         self.endpoints = tuple(endpoints)
+        self.outlier.update(self.endpoints)
         for balancer in self._balancers.values():
             balancer.update(self.endpoints)
+        self._sync_ejected()
 
     def balancer(self, policy: str) -> Balancer:
         balancer = self._balancers.get(policy)
         if balancer is None:
             balancer = make_balancer(policy, clock=self._clock)
             balancer.update(self.endpoints)
+            balancer.set_ejected(self._ejected)
             self._balancers[policy] = balancer
         return balancer
+
+    def pick(self, policy: str, key: bytes | str | None = None) -> Endpoint | None:
+        self._sync_ejected()  # an ejection may have expired
+        return self.balancer(policy).pick(key)
+
+    def record(self, endpoint_id: str, outcome: Outcome) -> None:
+        """One attempt's outcome, for outlier detection."""
+        self.outlier.record(endpoint_id, outcome)
+        self._sync_ejected()
+
+    def _sync_ejected(self) -> None:
+        ejected = self.outlier.ejected()
+        if ejected is self._ejected:
+            return  # the detector hands out the same object while unchanged
+        self._ejected = ejected
+        for balancer in self._balancers.values():
+            balancer.set_ejected(ejected)
 
     def describe(self) -> dict[str, Any]:
         """For the admin port's /clusters page."""
@@ -83,6 +113,7 @@ class Cluster:
                     "weight": e.weight,
                     "zone": e.zone,
                     "healthy": e.healthy,
+                    "ejected": e.id in self._ejected,
                 }
                 for e in self.endpoints
             ],
@@ -110,7 +141,7 @@ class Clusters:
         cluster = self._clusters.get(service)
         if cluster is None:
             return None
-        return cluster.balancer(policy).pick(key)
+        return cluster.pick(policy, key)
 
     def all(self) -> list[Cluster]:
         return [self._clusters[name] for name in sorted(self._clusters)]

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from crossway.balance import Endpoint
+from crossway.balance import Endpoint, Outcome
 from crossway.core.clock import Clock, SystemClock
 from crossway.proxy.admin import GatewayStats
 from crossway.proxy.clusters import Clusters
@@ -44,6 +44,7 @@ from crossway.proxy.errors import (
     NoRoute,
     UpstreamConnectFailed,
     UpstreamReset,
+    UpstreamTimeout,
     render,
     render_rejected,
 )
@@ -174,20 +175,25 @@ class Gateway:
         target: bytes,
         edits: _Edits,
     ) -> int:
-        balancer = self.clusters.cluster(service).balancer(route.balancer)
-        with balancer.begin(endpoint) as call:
-            status = await forward(
-                stream,
-                (endpoint.address, endpoint.port),
-                pool=self.pool,
-                policy=self.options.policy,
-                timeout=self._timeout(route),
-                target=target,
-                extra_headers=edits.extra,
-                drop_headers=edits.drop,
-                edit_response=edits.response,
-                max_body=route.max_request_bytes,
-            )
+        cluster = self.clusters.cluster(service)
+        with cluster.balancer(route.balancer).begin(endpoint) as call:
+            try:
+                status = await forward(
+                    stream,
+                    (endpoint.address, endpoint.port),
+                    pool=self.pool,
+                    policy=self.options.policy,
+                    timeout=self._timeout(route),
+                    target=target,
+                    extra_headers=edits.extra,
+                    drop_headers=edits.drop,
+                    edit_response=edits.response,
+                    max_body=route.max_request_bytes,
+                )
+            except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout):
+                cluster.record(endpoint.id, Outcome.GATEWAY_ERROR)
+                raise
+            cluster.record(endpoint.id, Outcome.from_status(status))
             if status >= 500:
                 call.end(ok=False)
             return status
