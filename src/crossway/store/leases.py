@@ -18,7 +18,10 @@ Invariants
    one of a lease that is gone is dropped. A lease renewed every ttl/3 costs
    one heap move per TTL instead of a push and a pop per renewal, and the
    heap stays about one entry per lease.
-4. A `LeaseState` is invisible to Python's cyclic garbage collector (a
+4. Each lease has a slot; `_deadlines[slot]` mirrors its deadline (+inf for a
+   free slot). `expiring` filters that flat array at C speed instead of
+   visiting 100,000 objects scattered in memory every second.
+5. A `LeaseState` is invisible to Python's cyclic garbage collector (a
    `gc=False` struct whose keys are a dict of strings, which the collector
    does not track either): a table of 100,000 leases adds nothing to the
    pause of a full collection. It holds no reference that could form a cycle.
@@ -27,8 +30,11 @@ Invariants
 from __future__ import annotations
 
 import heapq
+import math
 import secrets
+from array import array
 from collections.abc import Container, KeysView
+from itertools import compress, count
 
 import msgspec
 
@@ -37,8 +43,9 @@ class LeaseState(msgspec.Struct, gc=False):
     id: int
     ttl: float
     deadline: float
+    slot: int = 0
     members: dict[str, None] = {}
-    """The keys bound to the lease, as an ordered set (see invariant 4)."""
+    """The keys bound to the lease, as an ordered set (see invariant 5)."""
 
     @property
     def keys(self) -> KeysView[str]:
@@ -46,12 +53,16 @@ class LeaseState(msgspec.Struct, gc=False):
 
 
 class LeaseTable:
-    __slots__ = ("_heap", "_key_lease", "_leases")
+    __slots__ = ("_deadlines", "_free", "_heap", "_ids", "_key_lease", "_leases", "_max_ttl")
 
     def __init__(self) -> None:
         self._leases: dict[int, LeaseState] = {}
         self._key_lease: dict[str, int] = {}
         self._heap: list[tuple[float, int]] = []
+        self._deadlines = array("d")  # by slot (invariant 4)
+        self._ids = array("q")  # lease id by slot, 0 when free
+        self._free: list[int] = []
+        self._max_ttl = 0.0  # never lowered: a bound, not a statistic
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -68,10 +79,21 @@ class LeaseTable:
                 return lease
 
     def grant(self, lease: int, ttl: float, now: float) -> LeaseState:
-        state = LeaseState(lease, ttl, now + ttl)
+        old = self._leases.get(lease)
+        slot = old.slot if old is not None else self._take_slot()
+        state = LeaseState(lease, ttl, now + ttl, slot)
         self._leases[lease] = state
+        self._deadlines[slot], self._ids[slot] = state.deadline, lease
+        self._max_ttl = max(self._max_ttl, ttl)
         self._push(state.deadline, lease)
         return state
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        self._deadlines.append(math.inf)
+        self._ids.append(0)
+        return len(self._deadlines) - 1
 
     def get(self, lease: int) -> LeaseState | None:
         return self._leases.get(lease)
@@ -85,11 +107,19 @@ class LeaseTable:
         """The states of the leases in `among` that have less than
         min(ttl * fraction, within) left at `now`.
 
-        One pass over the table in its own order (sequential in memory, no
-        lookup per lease) that allocates only for what it returns: callers run
-        it every second over a fleet of 100,000."""
+        Only leases whose deadline is before now + min(longest TTL * fraction,
+        within) can qualify; the deadline array is filtered for those at C
+        speed (invariant 4), so a healthy fleet of 100,000 costs a few
+        milliseconds: callers run this every second."""
+        # A hair beyond the bound, so rounding never hides a lease from the
+        # exact test below.
+        limit = now + min(self._max_ttl * fraction, within) + 1e-6
+        ids, leases = self._ids, self._leases
         out: list[LeaseState] = []
-        for state in self._leases.values():
+        for slot in compress(count(), map(limit.__gt__, self._deadlines)):
+            state = leases.get(ids[slot])
+            if state is None:
+                continue
             remaining = state.deadline - now
             if remaining < within and remaining < state.ttl * fraction and state.id in among:
                 out.append(state)
@@ -101,7 +131,7 @@ class LeaseTable:
             return None
         deadline = now + state.ttl
         earlier = deadline < state.deadline  # only after a postpone beyond one TTL
-        state.deadline = deadline
+        state.deadline = self._deadlines[state.slot] = deadline
         if earlier:
             self._push(deadline, lease)  # keep invariant 3
         return state
@@ -111,12 +141,14 @@ class LeaseTable:
         written, say)."""
         state = self._leases.get(lease)
         if state is not None:
-            state.deadline = deadline
+            state.deadline = self._deadlines[state.slot] = deadline
             self._push(deadline, lease)
 
     def remove(self, lease: int) -> LeaseState | None:
         state = self._leases.pop(lease, None)
         if state is not None:
+            self._deadlines[state.slot], self._ids[state.slot] = math.inf, 0
+            self._free.append(state.slot)
             for key in state.members:
                 if self._key_lease.get(key) == lease:
                     del self._key_lease[key]
