@@ -254,3 +254,30 @@ async def test_response_header_edits_cors_and_route_body_limit() -> None:
     assert too_big.status_code == 413
     assert too_big.json()["error"]["code"] == "payload_too_large"
     assert small.text == "5"
+
+
+async def test_mirroring_sends_a_shadow_copy_and_ignores_its_answer() -> None:
+    route = {
+        "match": {"path_prefix": "/"},
+        "backends": [{"service": "svc"}],
+        "mirror": {"service": "shadow", "percent": 100},
+    }
+
+    async def failing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with uvicorn_upstream() as up, raw_upstream(failing) as (shadow, seen):
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("svc", [endpoint(up)])
+        clusters.update("shadow", [endpoint(shadow)])
+        async with running(gateway(config(r=route), clusters)) as client:
+            answer = await client.get("/m", headers={"host": "shop"})
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+    assert answer.text == "hello /m"
+    assert len(seen) == 1
+    assert seen[0].startswith(b"GET /m HTTP/1.1\r\n")
+    assert b"host: shop-shadow\r\n" in seen[0]

@@ -16,6 +16,9 @@
 #      (nothing reached the client yet) are retried on another pick when the
 #      route's retries allow it: every method for a connect failure (nothing
 #      was sent), idempotent methods without a body for a reset.
+#   5. a route that mirrors sends a copy of a bodiless request to the shadow
+#      service in the background (Host suffixed `-shadow`); its answer and
+#      failures are dropped and never delay the client.
 #
 # Every failure the client can see is a JSON `GatewayError` (errors.py).
 #
@@ -29,6 +32,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,11 +98,10 @@ class Gateway:
         self.options = options or GatewayOptions()
         self._clock = clock or SystemClock()
         self._rng = rng
-        self._timeouts: dict[str, float] = {}
+        self._shadows: set[asyncio.Task[int]] = set()
 
     def swap(self, config: GatewayConfig) -> None:
         """Use `config` for requests that start from now on."""
-        self._timeouts = {}
         self.config = config
 
     async def __call__(self, stream: Stream) -> None:
@@ -146,6 +149,8 @@ class Gateway:
             return
         assert decision.backend is not None
         target = (decision.path + ("?" + query if query else "")).encode("latin-1")
+        if decision.mirror is not None and not head.has_body:
+            self._mirror(stream, decision.mirror, match.route.route, target)
         outcome.status = await self._forward(stream, match, decision.backend.service, target)
 
     async def _forward(self, stream: Stream, match: Match, service: str, target: bytes) -> int:
@@ -197,6 +202,25 @@ class Gateway:
             if status >= 500:
                 call.end(ok=False)
             return status
+
+    def _mirror(self, stream: Stream, service: str, route: Route, target: bytes) -> None:
+        """Send a copy to the shadow service; its answer and failures are ignored."""
+        endpoint = self.clusters.pick(service, route.balancer)
+        if endpoint is None:
+            return
+        shadow = ShadowStream(stream)
+        task = asyncio.get_running_loop().create_task(
+            forward(
+                shadow,
+                (endpoint.address, endpoint.port),
+                pool=self.pool,
+                policy=self.options.policy,
+                timeout=self._timeout(route),
+                target=target,
+            )
+        )
+        self._shadows.add(task)
+        task.add_done_callback(_forget(self._shadows))
 
     def _pick(self, service: str, route: Route, tried: set[str]) -> Endpoint:
         for _ in range(3):
@@ -276,6 +300,53 @@ def _answer_error(stream: Stream, error: GatewayError) -> None:
         stream.abort()
     else:
         stream.send_local(render(error))
+
+
+class ShadowStream:
+    """A mirrored copy of a request without a body; whatever comes back is dropped."""
+
+    def __init__(self, original: Stream) -> None:
+        head = original.head
+        host = (head.host or b"") + b"-shadow"  # as Envoy marks shadowed requests
+        headers = [(n, host if n == b"host" else v) for n, v in head.headers]
+        self.head = dataclasses.replace(head, headers=headers, host=host, expect_continue=False)
+        self.peer = original.peer
+        self.response_started = False
+
+    async def read(self) -> bytes | None:
+        return None
+
+    def start_response(
+        self,
+        status: int,
+        headers: Headers,
+        *,
+        length: int | None,
+        no_body: bool = False,
+        defer: bool = False,
+    ) -> None:
+        self.response_started = True
+
+    async def write(self, data: bytes) -> None:
+        return None
+
+    def finish(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+    def send_local(self, response: bytes, *, close: bool = False) -> None:
+        return None
+
+
+def _forget(tasks: set[asyncio.Task[int]]) -> Callable[[asyncio.Task[int]], None]:
+    def done(task: asyncio.Task[int]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so a shadow failure is never logged as lost
+
+    return done
 
 
 class _Outcome:
