@@ -281,3 +281,36 @@ async def test_mirroring_sends_a_shadow_copy_and_ignores_its_answer() -> None:
     assert len(seen) == 1
     assert seen[0].startswith(b"GET /m HTTP/1.1\r\n")
     assert b"host: shop-shadow\r\n" in seen[0]
+
+
+async def test_websocket_upgrade_is_tunnelled_both_ways() -> None:
+    async def echo_upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        while data := await reader.read(65536):
+            writer.write(data.upper())
+            await writer.drain()
+
+    route = {"match": {"path_prefix": "/ws"}, "backends": [{"service": "ws"}]}
+    async with raw_upstream(echo_upper) as (up, seen):
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("ws", [endpoint(up)])
+        server = ProxyServer(gateway(config(r=route), clusters))
+        port = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\nfirst"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        first = await asyncio.wait_for(reader.readexactly(5), 5)
+        writer.write(b"second")
+        second = await asyncio.wait_for(reader.readexactly(6), 5)
+        writer.close()
+        await server.stop()
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"upgrade: websocket" in head.lower()
+    assert (first, second) == (b"FIRST", b"SECOND")
+    assert b"connection: upgrade\r\n" in seen[0]
+    assert b"upgrade: websocket\r\n" in seen[0]

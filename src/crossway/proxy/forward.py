@@ -10,6 +10,10 @@
 # then relays response events as they come, awaiting the client's drain
 # between pieces. Memory stays bounded on both paths (see flow.py).
 #
+# Upgrades (WebSocket): with `upgrade`, Connection/Upgrade travel upstream;
+# on a 101 the client gets the 101 and bytes are spliced both ways, each
+# direction awaiting the other side's drain, until either side closes.
+#
 # Timeouts: `timeout` bounds the wait for the response head and starts when
 # the request body has been sent in full, so a long upload is not cut off by
 # a short route timeout (nginx's proxy_read_timeout works the same way).
@@ -82,6 +86,7 @@ async def forward(
     drop_headers: frozenset[bytes] = frozenset(),
     edit_response: Callable[[Headers], Headers] | None = None,
     max_body: int | None = None,
+    upgrade: bool = False,
 ) -> int:
     """Send `stream`'s request to `address`; returns the upstream status.
 
@@ -92,6 +97,11 @@ async def forward(
     `edit_response` rewrites the response headers. Cancellation closes the
     upstream connection.
     """
+    if upgrade:
+        drop_headers = drop_headers | {b"upgrade"}
+        upgrade_to = stream.head.upgrade or b""
+        extra_headers = [*(extra_headers or []), (b"connection", b"upgrade")]
+        extra_headers.append((b"upgrade", upgrade_to))
     wire_head = _request_head(stream, policy, target, extra_headers, drop_headers)
     plan = _Plan(wire_head, timeout, policy, edit_response, max_body)
     try:
@@ -156,6 +166,9 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
         pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn, plan.max_body))
     try:
         response = await _await_head(conn, pump, plan.timeout, retry_ok=reused and pump is None)
+        if conn.parser.tunnel:
+            await _tunnel(stream, conn, response, plan)
+            return response.status
         await _relay(stream, conn, response, plan)
         if pump is not None and not pump.done():
             conn.close()  # upstream answered without reading everything
@@ -226,6 +239,31 @@ def _raise_body_error(pump: asyncio.Task[None]) -> None:
         raise UpstreamReset("upstream stopped reading the request", reason="reset")
     if error is not None:
         raise error
+
+
+async def _tunnel(
+    stream: Stream, conn: UpstreamConnection, head: ResponseHead, plan: _Plan
+) -> None:
+    """Answer 101 and splice bytes both ways until either side closes."""
+    headers = forward_response(head.headers, b"1.1", plan.policy)
+    upgrade = [(n, v) for n, v in head.headers if n == b"upgrade"]
+    stream.start_tunnel([*headers, (b"connection", b"upgrade"), *upgrade])
+    upstream_bound = asyncio.get_running_loop().create_task(_client_to_upstream(stream, conn))
+    try:
+        while (event := await conn.next_event()) is not None and isinstance(event, Body):
+            await stream.tunnel_write(event.data)
+    finally:
+        upstream_bound.cancel()
+        with contextlib.suppress(BaseException):
+            await upstream_bound
+        conn.close()  # the client connection closes after the handler (must_close)
+
+
+async def _client_to_upstream(stream: Stream, conn: UpstreamConnection) -> None:
+    while (data := await stream.tunnel_read()) is not None:
+        conn.write(data)
+        await conn.drain()
+    conn.close()
 
 
 async def _relay(stream: Stream, conn: UpstreamConnection, head: ResponseHead, plan: _Plan) -> None:

@@ -194,6 +194,7 @@ class Gateway:
                     drop_headers=edits.drop,
                     edit_response=edits.response,
                     max_body=route.max_request_bytes,
+                    upgrade=stream.head.upgrade is not None,
                 )
             except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout):
                 cluster.record(endpoint.id, Outcome.GATEWAY_ERROR)
@@ -337,6 +338,15 @@ class ShadowStream:
         return None
 
     def send_local(self, response: bytes, *, close: bool = False) -> None:
+        return None
+
+    def start_tunnel(self, headers: Headers) -> None:
+        return None
+
+    async def tunnel_read(self) -> bytes | None:
+        return None
+
+    async def tunnel_write(self, data: bytes) -> None:
         return None
 
 

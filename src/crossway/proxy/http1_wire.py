@@ -14,7 +14,9 @@
 # HEAD is known to have no body whatever its Content-Length says; llhttp cannot
 # be told that, so the parser stops after the head and starts a fresh llhttp
 # instance for the next response. Interim 1xx responses other than 101 are
-# skipped (the engine answers 100-continue to the client itself).
+# skipped (the engine answers 100-continue to the client itself); a 101
+# switches the parser to `tunnel` mode, where every byte is handed on as
+# `Body` untouched and end of stream is `EndOfResponse`.
 #
 # Invariants
 # ----------
@@ -128,6 +130,7 @@ class ResponseParser:
         self._head: ResponseHead | None = None
         self.reusable = False
         self.broken = False
+        self.tunnel = False  # after a 101: bytes are the upgraded protocol's
 
     def expect(self, method: bytes) -> None:
         """Announce the request whose response comes next."""
@@ -139,6 +142,8 @@ class ResponseParser:
         """Events completed by `data`; `b""` means the upstream closed."""
         if self.broken:
             return []
+        if self.tunnel:
+            return [Body(data)] if data else [END_OF_RESPONSE]
         events: list[ResponseEvent] = []
         self._events = events
         if not data:
@@ -155,8 +160,11 @@ class ResponseParser:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._broke("unexpected protocol switch")
+        except httptools.HttpParserUpgrade as upgrade:
+            if not self.tunnel:
+                self._broke("unexpected protocol switch")
+            elif tail := data[upgrade.args[0] :]:
+                self._events.append(Body(tail))
         except httptools.HttpParserError as error:
             # httptools reports a callback's exception as the error's context.
             if isinstance(error.__context__, _HeadDone):
@@ -205,6 +213,7 @@ class ResponseParser:
         head = self._make_head(status)
         self._head = head
         self._in_body = True
+        self.tunnel = status == 101 and self._method != b"HEAD"
         self._events.append(ResponseReceived(head))
         if self._method == b"HEAD":
             self._finish(reusable=head.keep_alive)
@@ -214,7 +223,7 @@ class ResponseParser:
         self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
-        if self._in_body:
+        if self._in_body and not self.tunnel:
             head = self._head
             self._finish(reusable=head is not None and head.keep_alive)
 
@@ -226,7 +235,7 @@ class ResponseParser:
                 length = int(value.strip())
             elif name == b"transfer-encoding":
                 chunked = value.rstrip().lower().endswith(b"chunked")
-        no_body = self._method == b"HEAD" or status in (204, 304)
+        no_body = self._method == b"HEAD" or status in (101, 204, 304)
         return ResponseHead(
             status=status,
             headers=self._headers,

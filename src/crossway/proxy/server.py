@@ -45,6 +45,7 @@ from crossway.proxy.http1 import (
     RequestReceived,
     ServerConnection,
     State,
+    Upgraded,
 )
 from crossway.proxy.http1_wire import (
     CONTINUE,
@@ -167,6 +168,28 @@ class Http1Stream:
         self._conn.must_close = True
         self._conn.abort()
 
+    def start_tunnel(self, headers: Headers) -> None:
+        self.response_started = True
+        self._conn.must_close = True  # the connection ends with the tunnel
+        self._conn.write(encode_head(status_line(101), headers, Framing.NONE, None))
+
+    async def tunnel_read(self) -> bytes | None:
+        while True:
+            event = await self._conn.next_event()
+            if event is None:
+                return None
+            if isinstance(event, Upgraded):
+                if event.tail:
+                    return event.tail
+            elif isinstance(event, Body):
+                return event.data
+            elif not isinstance(event, EndOfRequest):
+                return None
+
+    async def tunnel_write(self, data: bytes) -> None:
+        self._conn.write(data)
+        await self._conn.gate.drain()
+
     def send_local(self, response: bytes, *, close: bool = False) -> None:
         self.response_started = True
         if close or not self._done or not self.head.keep_alive:
@@ -287,9 +310,9 @@ class Http1Protocol(asyncio.Protocol):
     async def _exchange(self, head: RequestHead) -> None:
         stream = Http1Stream(self, head, _with_request(self._peer, head))
         if head.upgrade is not None:
-            error = GatewayError("protocol upgrade is not supported", reason="upgrade")
-            stream.send_local(render(error, close=True), close=True)
-            return
+            # Whatever the answer, the bytes after this request belong to
+            # the upgraded protocol (or to nobody): never parse them as HTTP.
+            self.must_close = True
         try:
             await self._server.handler(stream)
         except ConnectionError:

@@ -61,6 +61,18 @@ class Stream(Protocol):
 
     def send_local(self, response: bytes, *, close: bool = False) -> None: ...
 
+    def start_tunnel(self, headers: Headers) -> None:
+        """Answer 101 with `headers`; from now on bytes flow untouched."""
+        ...
+
+    async def tunnel_read(self) -> bytes | None:
+        """The client's next tunnel bytes, or None when it closed."""
+        ...
+
+    async def tunnel_write(self, data: bytes) -> None:
+        """Bytes to the client through the tunnel; waits while it is slow."""
+        ...
+
 
 class Handler(Protocol):
     async def __call__(self, stream: Stream) -> None: ...
