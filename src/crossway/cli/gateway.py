@@ -2,6 +2,7 @@
 
     crossway gateway --control-plane http://127.0.0.1:7700
     crossway gateway --config gateway.yaml [--port 7780] [--admin-port 7790] [--workers N]
+    crossway gateway --config gateway.yaml --tls-cert cert.pem --tls-key key.pem
 
 Routes come from the control plane (`PUT /v1/routes/{name}`, followed live)
 or from a YAML file with the same schema; endpoints come from the control
@@ -52,6 +53,13 @@ def gateway(
         int,
         typer.Option("--workers", envvar="CROSSWAY_WORKERS", min=1, help="Processes to run."),
     ] = 1,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", envvar="CROSSWAY_TLS_CERT", help="PEM certificate chain."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", envvar="CROSSWAY_TLS_KEY", help="PEM private key.")
+    ] = None,
     token: Annotated[
         str | None, typer.Option("--token", envvar="CROSSWAY_TOKEN", help="Control plane token.")
     ] = None,
@@ -67,6 +75,8 @@ def gateway(
         port=port,
         admin_port=admin_port,
         workers=workers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     try:
         run_gateway(settings)

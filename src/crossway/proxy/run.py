@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,12 +36,14 @@ from pathlib import Path
 
 from crossway.balance import Endpoint
 from crossway.core.clock import SystemClock
+from crossway.core.errors import InvalidArgument
 from crossway.proxy.admin import AdminHandler, GatewayStats
 from crossway.proxy.clusters import Clusters
 from crossway.proxy.gateway import Gateway
 from crossway.proxy.routes.config import EMPTY, GatewayConfig, load_config
 from crossway.proxy.routes.follow import follow_control_plane
 from crossway.proxy.server import ProxyServer
+from crossway.proxy.tls import server_context
 from crossway.proxy.upstream import UpstreamPool
 
 
@@ -56,6 +59,8 @@ class GatewaySettings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 7790
     workers: int = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(slots=True)
@@ -82,7 +87,10 @@ async def serve_gateway(
     gateway = Gateway(config, clusters=clusters, pool=UpstreamPool(clock=clock), stats=stats)
     state = _Running(gateway, ready=settings.config_path is not None)
     server = ProxyServer(gateway, clock=clock)
-    port = await server.start(settings.host, settings.port, reuse_port=settings.workers > 1)
+    tls = _tls(settings)
+    port = await server.start(
+        settings.host, settings.port, reuse_port=settings.workers > 1, tls=tls
+    )
     admin, admin_port = await _start_admin(settings, worker, state, server)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(server.stop)
@@ -94,6 +102,14 @@ async def serve_gateway(
         if started is not None:
             started.set_result((port, admin_port))
         await asyncio.Event().wait()
+
+
+def _tls(settings: GatewaySettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise InvalidArgument("TLS needs both a certificate and a key file")
+    return server_context(cert=settings.tls_cert, key=settings.tls_key)
 
 
 async def _start_admin(
@@ -172,6 +188,7 @@ def run_gateway(settings: GatewaySettings) -> None:
     """Run the gateway in this process (and `workers - 1` forked ones) until signalled."""
     if settings.config_path is not None:
         load_config(settings.config_path)  # fail before forking, once
+    _tls(settings)
     children = [_fork(settings, worker) for worker in range(1, settings.workers)]
     try:
         _run_worker(settings, 0)

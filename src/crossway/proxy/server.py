@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -386,8 +387,19 @@ class ProxyServer:
     def connection_closed(self, conn: Http1Protocol) -> None:
         self.connections.discard(conn)
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Listen on host:port (0 picks a free port); returns the bound port."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> int:
+        """Listen on host:port (0 picks a free port); returns the bound port.
+
+        With `tls`, connections are TLS (handshake failures only close that
+        connection). Raises OSError when the address cannot be bound.
+        """
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Http1Protocol(self),
@@ -395,6 +407,7 @@ class ProxyServer:
             port,
             reuse_port=reuse_port,
             backlog=1024,
+            ssl=tls,
         )
         # asyncio and uvloop set TCP_NODELAY on accepted sockets themselves.
         return int(self._server.sockets[0].getsockname()[1])
