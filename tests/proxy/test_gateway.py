@@ -314,3 +314,28 @@ async def test_websocket_upgrade_is_tunnelled_both_ways() -> None:
     assert (first, second) == (b"FIRST", b"SECOND")
     assert b"connection: upgrade\r\n" in seen[0]
     assert b"upgrade: websocket\r\n" in seen[0]
+
+
+async def test_retriable_statuses_are_retried_on_another_endpoint() -> None:
+    async def unavailable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
+        await writer.drain()
+
+    route = {
+        "match": {"path_prefix": "/"},
+        "backends": [{"service": "svc"}],
+        "retries": {"attempts": 2, "conditions": ["gateway-error"]},
+    }
+    only_bad = {**route, "match": {"path_prefix": "/bad"}, "backends": [{"service": "bad"}]}
+    async with uvicorn_upstream() as good, raw_upstream(unavailable) as (bad, _):
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("svc", [endpoint(bad, "bad"), endpoint(good, "good")])
+        clusters.update("bad", [endpoint(bad, "bad")])
+        async with running(gateway(config(r=route, b=only_bad), clusters)) as client:
+            gets = [await client.get(f"/g{i}") for i in range(6)]
+            posts = [await client.post("/p", content=b"x") for _ in range(4)]
+            last = await client.get("/bad/x")
+    assert [r.status_code for r in gets] == [200] * 6
+    assert 503 in [r.status_code for r in posts]  # a body is never replayed
+    assert last.status_code == 503  # the last attempt's answer is relayed
+    assert last.text == "busy"

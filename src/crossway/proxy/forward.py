@@ -63,6 +63,14 @@ class _Stale(Exception):
     """A reused connection died before answering; safe to try a fresh one."""
 
 
+class RetriableStatus(Exception):
+    """The upstream answered a status the caller asked to retry; nothing was sent."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """Everything an attempt needs besides the stream and the connection."""
@@ -72,6 +80,7 @@ class _Plan:
     policy: ForwardingPolicy
     edit_response: Callable[[Headers], Headers] | None
     max_body: int | None
+    retry_statuses: frozenset[int]
 
 
 async def forward(
@@ -87,6 +96,7 @@ async def forward(
     edit_response: Callable[[Headers], Headers] | None = None,
     max_body: int | None = None,
     upgrade: bool = False,
+    retry_statuses: frozenset[int] = frozenset(),
 ) -> int:
     """Send `stream`'s request to `address`; returns the upstream status.
 
@@ -94,7 +104,9 @@ async def forward(
     timeout) if no response head reached the client; after that, failures
     abort the client connection and are not raised. `ClientBodyError` from the
     client's body propagates (a body over `max_body` is one, status 413).
-    `edit_response` rewrites the response headers. Cancellation closes the
+    `edit_response` rewrites the response headers. A response whose status is
+    in `retry_statuses` is read and dropped and `RetriableStatus` raised
+    instead, the client having seen nothing. Cancellation closes the
     upstream connection.
     """
     if upgrade:
@@ -103,7 +115,7 @@ async def forward(
         extra_headers = [*(extra_headers or []), (b"connection", b"upgrade")]
         extra_headers.append((b"upgrade", upgrade_to))
     wire_head = _request_head(stream, policy, target, extra_headers, drop_headers)
-    plan = _Plan(wire_head, timeout, policy, edit_response, max_body)
+    plan = _Plan(wire_head, timeout, policy, edit_response, max_body, retry_statuses)
     try:
         return await _attempt(stream, address, pool, plan, fresh=False)
     except _Stale:
@@ -169,6 +181,9 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
         if conn.parser.tunnel:
             await _tunnel(stream, conn, response, plan)
             return response.status
+        if response.status in plan.retry_statuses:
+            await _discard(conn, response)
+            raise RetriableStatus(response.status)
         await _relay(stream, conn, response, plan)
         if pump is not None and not pump.done():
             conn.close()  # upstream answered without reading everything
@@ -181,6 +196,14 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
             pump.cancel()
             with contextlib.suppress(BaseException):
                 await pump
+
+
+async def _discard(conn: UpstreamConnection, head: ResponseHead) -> None:
+    # Reading the rest keeps the connection reusable for the next attempt.
+    if head.framing is Framing.NONE:
+        return
+    while isinstance(await conn.next_event(), Body):
+        pass
 
 
 async def _pump_body(stream: Stream, conn: UpstreamConnection, limit: int | None) -> None:

@@ -15,7 +15,9 @@
 #   4. `forward(...)` with the route's timeout; connect failures and resets
 #      (nothing reached the client yet) are retried on another pick when the
 #      route's retries allow it: every method for a connect failure (nothing
-#      was sent), idempotent methods without a body for a reset.
+#      was sent), idempotent methods without a body for a reset and for the
+#      retriable statuses (5xx, gateway-error, listed codes), whose answer is
+#      dropped unseen — except on the last attempt, which is relayed as is.
 #   5. a route that mirrors sends a copy of a bodiless request to the shadow
 #      service in the background (Host suffixed `-shadow`); its answer and
 #      failures are dropped and never delay the client.
@@ -52,7 +54,7 @@ from crossway.proxy.errors import (
     render,
     render_rejected,
 )
-from crossway.proxy.forward import forward
+from crossway.proxy.forward import RetriableStatus, forward
 from crossway.proxy.headers import ForwardingPolicy, Headers
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
 from crossway.proxy.routes.actions import (
@@ -161,14 +163,20 @@ class Gateway:
         tried: set[str] = set()
         for attempt in range(attempts):
             endpoint = self._pick(service, route, tried)
+            last = attempt + 1 >= attempts
+            statuses = frozenset() if last else _retry_statuses(stream, route)
             try:
-                return await self._attempt(stream, service, endpoint, route, target, edits)
+                return await self._attempt(
+                    stream, service, endpoint, route, target, edits, statuses
+                )
+            except RetriableStatus:
+                tried.add(endpoint.id)
             except (UpstreamConnectFailed, UpstreamReset) as error:
                 tried.add(endpoint.id)
-                if attempt + 1 >= attempts or not _may_retry(stream, route, error):
+                if last or not _may_retry(stream, route, error):
                     raise
-                if self.stats is not None:
-                    self.stats.retried(match.route.name)
+            if self.stats is not None:
+                self.stats.retried(match.route.name)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _attempt(
@@ -179,6 +187,7 @@ class Gateway:
         route: Route,
         target: bytes,
         edits: _Edits,
+        retry_statuses: frozenset[int],
     ) -> int:
         cluster = self.clusters.cluster(service)
         with cluster.balancer(route.balancer).begin(endpoint) as call:
@@ -195,9 +204,14 @@ class Gateway:
                     edit_response=edits.response,
                     max_body=route.max_request_bytes,
                     upgrade=stream.head.upgrade is not None,
+                    retry_statuses=retry_statuses,
                 )
             except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout):
                 cluster.record(endpoint.id, Outcome.GATEWAY_ERROR)
+                raise
+            except RetriableStatus as retriable:
+                cluster.record(endpoint.id, Outcome.from_status(retriable.status))
+                call.end(ok=retriable.status < 500)
                 raise
             cluster.record(endpoint.id, Outcome.from_status(status))
             if status >= 500:
@@ -247,6 +261,28 @@ def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
     head = stream.head
     idempotent = head.method in IDEMPOTENT or route.retries.non_idempotent
     return idempotent and not head.has_body and ("reset" in conditions)
+
+
+_GATEWAY_ERRORS = frozenset({502, 503, 504})
+_ALL_5XX = frozenset(range(500, 600))
+
+
+def _retry_statuses(stream: Stream, route: Route) -> frozenset[int]:
+    """Statuses worth another attempt: only for bodiless idempotent requests
+    (the body was streamed and is gone) and never for upgrades."""
+    head = stream.head
+    retries = route.retries
+    idempotent = head.method in IDEMPOTENT or retries.non_idempotent
+    if not idempotent or head.has_body or head.upgrade is not None:
+        return frozenset()
+    statuses: set[int] = set()
+    if "5xx" in retries.conditions:
+        statuses |= _ALL_5XX
+    if "gateway-error" in retries.conditions:
+        statuses |= _GATEWAY_ERRORS
+    if "retriable-status" in retries.conditions:
+        statuses.update(retries.statuses)
+    return frozenset(statuses)
 
 
 def _check_body_limit(stream: Stream, route: Route) -> None:
