@@ -339,3 +339,23 @@ async def test_retriable_statuses_are_retried_on_another_endpoint() -> None:
     assert 503 in [r.status_code for r in posts]  # a body is never replayed
     assert last.status_code == 503  # the last attempt's answer is relayed
     assert last.text == "busy"
+
+
+async def test_per_try_timeout_bounds_the_wait_for_an_answer() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    route = {
+        "match": {"path_prefix": "/"},
+        "backends": [{"service": "svc"}],
+        "timeout": "5s",
+        "retries": {"attempts": 1, "per_try_timeout": "200ms"},
+    }
+    async with raw_upstream(silent) as (slow, _):
+        clusters = Clusters(clock=SystemClock())
+        clusters.update("svc", [endpoint(slow, "slow")])
+        async with running(gateway(config(r=route), clusters)) as client:
+            answer = await client.get("/t")
+    assert answer.status_code == 504
+    assert answer.headers["x-crossway-reason"] == "timeout"
+    assert answer.elapsed.total_seconds() < 2

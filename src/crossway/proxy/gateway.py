@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ from crossway.proxy.routes.actions import (
     response_headers,
 )
 from crossway.proxy.routes.config import GatewayConfig
-from crossway.proxy.routes.model import Route, seconds
+from crossway.proxy.routes.model import Duration, Route, seconds
 from crossway.proxy.routes.table import Match
 from crossway.proxy.stream import ClientBodyError, Stream
 from crossway.proxy.upstream import UpstreamPool
@@ -249,9 +250,14 @@ class Gateway:
         raise NoHealthyUpstream(f"no endpoint of {service} is available", reason="no_endpoints")
 
     def _timeout(self, route: Route) -> float:
+        """The wait for a response head: the per-try timeout when the route
+        sets one, else the route's timeout, else the gateway default."""
+        per_try = route.retries.per_try_timeout
+        if per_try is not None:
+            return _seconds(per_try)
         if route.timeout is None:
             return self.options.default_timeout
-        return seconds(route.timeout, "timeout")
+        return _seconds(route.timeout)
 
 
 def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
@@ -261,6 +267,13 @@ def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
     head = stream.head
     idempotent = head.method in IDEMPOTENT or route.retries.non_idempotent
     return idempotent and not head.has_body and ("reset" in conditions)
+
+
+@functools.lru_cache(maxsize=256)
+def _seconds(duration: Duration) -> float:
+    # Parsed once per distinct string, not per request (routes are validated,
+    # so this cannot fail).
+    return seconds(duration, "timeout")
 
 
 _GATEWAY_ERRORS = frozenset({502, 503, 504})
