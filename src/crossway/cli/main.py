@@ -30,6 +30,7 @@ import typer
 from crossway import __version__
 from crossway.cli import config as config_cli
 from crossway.cli import coord as coord_cli
+from crossway.cli import gateway as gateway_cli
 from crossway.cli import registry as registry_cli
 from crossway.cli import stats as stats_cli
 from crossway.cli import trace as trace_cli
@@ -186,6 +187,7 @@ def _duration(flag: str, text: str) -> float:
 Register = Callable[[typer.Typer], None]
 
 COMMANDS: tuple[Register, ...] = (
+    gateway_cli.register,
     registry_cli.register,
     config_cli.register,
     coord_cli.register,
