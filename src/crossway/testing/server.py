@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +49,24 @@ class CrosswayServer:
         return self.process.returncode
 
 
+_TEMPORARY: list[Path] = []
+
+
+def _temporary_dir() -> Path:
+    # Removed when the test process exits, not on stop(): a test may stop a
+    # server and start another on the same data.
+    if not _TEMPORARY:
+        atexit.register(_remove_temporary)
+    path = Path(tempfile.mkdtemp(prefix="crossway-server-"))
+    _TEMPORARY.append(path)
+    return path
+
+
+def _remove_temporary() -> None:
+    for path in _TEMPORARY:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def start_server(
     *,
     store: str = "sqlite",
@@ -64,7 +83,7 @@ def start_server(
     clients expect it, e.g. `start_server(data_dir=old.data_dir, port=old.port)`.
     """
     port = port or free_port()
-    data = data_dir or Path(tempfile.mkdtemp(prefix="crossway-server-"))
+    data = data_dir or _temporary_dir()
     log_path = data / "server.log"
     data.mkdir(parents=True, exist_ok=True)
     argv = [
