@@ -187,9 +187,7 @@ async def test_protect_threshold_serves_every_instance(client: httpx2.AsyncClien
     await wait_status(client, service, "p-1", "passing")
     await wait_status(client, service, "p-3", "critical")
     assert await ids(client, service, healthy="true") == ["p-1"]
-    settings = await client.put(
-        f"/v1/services/{service}/settings", json={"protect_threshold": 0.5}
-    )
+    settings = await client.put(f"/v1/services/{service}/settings", json={"protect_threshold": 0.5})
     assert settings.status_code == 200, settings.text
     protected = await client.get(f"/v1/services/{service}", params={"healthy": "true"})
     assert protected.headers.get("X-Crossway-Protected") == "true"
