@@ -1,6 +1,14 @@
 """Running the control plane process: bind, open the store, serve, shut down cleanly.
 
 Theory of operation
+- The server process collects cyclic garbage rarely (`GC_THRESHOLDS`). Its
+  large, long-lived state is kept out of the collector (the registry's
+  instances and the lease table are `gc=False` structs) and request garbage
+  is freed by reference counting, yet with Python's default thresholds a
+  busy server ran a full collection every second or two, each ~100 ms with
+  100,000 instances (the big dicts are still traversed) and each finding
+  nothing: that pause was the p99 of watchers and blocking queries. Young
+  cycles are still collected within 10,000 allocations.
 - Everything that can fail for a reason the operator can fix is checked
   before the first request and reported as a `StartupError` with one sentence:
   the settings (`ServerSettings.check`), then the listening socket (bound
@@ -30,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import math
 import os
@@ -55,6 +64,9 @@ from crossway.store.protocol import Store
 
 log = logging.getLogger("crossway.server")
 
+GC_THRESHOLDS = (10_000, 50, 100)
+"""Collector thresholds of the server process (see the module header)."""
+
 
 class StartupError(CrosswayError):
     """The server cannot start; the message says why in one sentence."""
@@ -72,6 +84,7 @@ def run_server(settings: ServerSettings, *, configure_logs: bool = True) -> None
     settings.check()
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
+    gc.set_threshold(*GC_THRESHOLDS)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serve(settings))
 
