@@ -16,18 +16,11 @@ CROSSWAY_URL=http://127.0.0.1:7700 python examples/config_example.py
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator
 
 import httpx2
-import uvicorn
 
-from crossway.server.api.config import routes
-from crossway.server.app import create_app
-from crossway.server.context import ServerContext
-from crossway.store.memory import open_memory_store
-from crossway.testing.services import free_port
+from crossway.testing.server import start_server
 
 KEY = "/v1/config/prod/DEFAULT_GROUP/orders.yaml"
 ALICE = {"X-Crossway-Author": "alice"}
@@ -92,36 +85,17 @@ async def main(url: str) -> None:
         await history(http)
 
 
-@contextlib.asynccontextmanager
-async def throwaway_control_plane() -> AsyncIterator[str]:
-    """The config API on a memory store, served in this process."""
-    store = open_memory_store()
-    ctx = ServerContext(store=store)
-    app = create_app(ctx, providers=(routes,))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, lifespan="off", log_level="warning"))
-    await ctx.start()
-    task = asyncio.ensure_future(server.serve())
-    for _ in range(1000):  # up to 10 s to start
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        await ctx.close()
-
-
-async def run() -> None:
+def run() -> None:
     url = os.environ.get("CROSSWAY_URL")
     if url:
-        await main(url)
+        asyncio.run(main(url))
         return
-    async with throwaway_control_plane() as local:
-        await main(local)
+    server = start_server(store="memory")  # a throwaway control plane
+    try:
+        asyncio.run(main(server.url))
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
-    asyncio.run(run())
+    run()
