@@ -21,6 +21,7 @@ run: $(STAMP)
 test: $(STAMP)
 	scripts/ensure-etcd
 	scripts/ensure-prometheus
+	scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
