@@ -85,6 +85,37 @@ def test_memory_stays_bounded_and_matches_an_lru_model(max_keys: int, keys: list
     assert len(made) == expected_made
 
 
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["hit", "forget"]), st.integers(min_value=0, max_value=3)),
+        max_size=200,
+    )
+)
+def test_forget_then_hit_makes_a_fresh_limiter_even_for_the_most_recent_key(
+    ops: list[tuple[str, int]],
+) -> None:
+    made: list[int] = []
+
+    def factory(key: int) -> RateLimiter:
+        made.append(key)
+        return TokenBucket(rate=10, burst=1)
+
+    keyed: KeyedLimiter[int] = KeyedLimiter(factory, max_keys=8)
+    live: set[int] = set()
+    expected_made = 0
+    for step, (op, key) in enumerate(ops):
+        if op == "forget":
+            keyed.forget(key)
+            live.discard(key)
+            continue
+        if key not in live:
+            expected_made += 1
+            live.add(key)
+        keyed.try_acquire(key, step * 0.01)
+    assert len(made) == expected_made
+    assert {k for k in range(4) if k in keyed} == live
+
+
 def test_sync_front_raises_when_refused_and_decorates_by_key() -> None:
     clock = VirtualClock()
     front = SyncKeyedLimiter(KeyedLimiter(bucket), clock=clock)
