@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean venv
+.PHONY: run test lint bench clean venv dashboard
 
 venv: $(STAMP)
 
@@ -15,14 +15,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) dashboard
 	$(BIN)/crossway server
 
-test: $(STAMP)
+test: $(STAMP) dashboard
 	scripts/ensure-etcd
 	scripts/ensure-prometheus
 	scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
+
+# The web dashboard (dashboard/, Node.js + npm) built into the Python package;
+# rebuilt only when its sources, lock file or build config change.
+DASHBOARD_STAMP := dashboard/.built
+DASHBOARD_INDEX := src/crossway/dashboard/static/index.html
+DASHBOARD_SRC   := $(shell find dashboard/src -type f 2>/dev/null) dashboard/index.html \
+                   dashboard/package.json dashboard/package-lock.json dashboard/vite.config.ts dashboard/tsconfig.json
+
+dashboard: $(DASHBOARD_STAMP)
+	@test -f $(DASHBOARD_INDEX) || { rm -f $(DASHBOARD_STAMP); $(MAKE) --no-print-directory $(DASHBOARD_STAMP); }
+
+$(DASHBOARD_STAMP): $(DASHBOARD_SRC)
+	cd dashboard && npm ci --no-audit --no-fund && npm run build
+	@touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -58,6 +58,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from crossway import dashboard
 from crossway.server.api import (
     config,
     coord,
@@ -86,6 +87,7 @@ ROUTE_PROVIDERS: tuple[RouteProvider, ...] = (
     policies.routes,
     routes.routes,
     traces.routes,
+    dashboard.routes,  # last: its catch-all serves the SPA on every non-API path
 )
 
 

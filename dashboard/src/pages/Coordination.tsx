@@ -1,0 +1,1 @@
+export function Coordination() { return <section class="page"><h1>Coordination</h1></section>; }

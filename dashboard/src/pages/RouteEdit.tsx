@@ -1,0 +1,1 @@
+export function RouteEdit() { return <section class="page"><h1>RouteEdit</h1></section>; }

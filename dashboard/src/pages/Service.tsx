@@ -1,0 +1,1 @@
+export function Service() { return <section class="page"><h1>Service</h1></section>; }
