@@ -23,8 +23,8 @@ Theory of operation
     2. trace context: the request's `traceparent` (or B3) is extracted and
        a child of it — this service's server span — becomes the current
        trace, so calls made through the SDK transport continue the trace;
-       a request without one starts a new trace. (Spans are not exported
-       from here yet: this is context propagation.)
+       a request without one starts a new trace (sampled at the client's
+       `trace_sample_rate`; a caller's sampled flag is kept).
     3. deadline: `X-Crossway-Deadline` (milliseconds left, as the SDK
        transport sends it) becomes the current deadline, so outbound calls
        inherit what is left; a request that arrives with no time left gets
@@ -37,6 +37,12 @@ Theory of operation
        requests no route took, bounded by a label budget. A handler that
        raises without answering counts as 500 (the server answers so), a
        request cancelled before any answer as `none`.
+    5. telemetry (a client with `telemetry`, crossway.sdk.telemetry): the
+       request goes into the server-side golden signals (the caller from
+       `X-Crossway-Caller`), and a sampled request becomes a SERVER span
+       (method, path, route template, status, host; `error` on a 5xx or an
+       exception) sent to the control plane in batches. Probe paths
+       (`/metrics`, `/healthz`, `/readyz`, `/livez`) are left out of both.
 - `metrics_endpoint(client)` serves the client's registry in the Prometheus
   (or OpenMetrics, by `Accept`) text format.
 
@@ -72,6 +78,7 @@ from crossway.resilience import (
     deadline_scope,
 )
 from crossway.resilience.limiter import Decision
+from crossway.sdk.telemetry import ServiceTelemetry, wall_micros
 from crossway.sdk.transport import DEADLINE_HEADER
 from crossway.telemetry.metrics import UNMATCHED, HttpServerMetrics, method_label, status_class
 from crossway.telemetry.tracecontext import (
@@ -87,10 +94,11 @@ RateLimit = str | float | RateLimiter
 KeyFunction = Callable[[Scope], str]
 
 EXEMPT_PATHS = ("/metrics", "/healthz", "/readyz", "/livez")
+_UNTRACED = frozenset(EXEMPT_PATHS)
 _DEADLINE = DEADLINE_HEADER.lower()
 _WANTED = frozenset(
     {"traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled"}
-    | {"x-b3-parentspanid", "x-b3-flags", _DEADLINE}
+    | {"x-b3-parentspanid", "x-b3-flags", _DEADLINE, "x-crossway-caller", "host"}
 )
 
 
@@ -259,6 +267,7 @@ class CrosswayMiddleware:
         self._limit = build_limiter(rate_limit, rate_limit_key)
         self._exempt = frozenset(exempt_paths)
         self._now = client.clock.now
+        self._telemetry: ServiceTelemetry | None = getattr(client, "telemetry", None)
         self._observer: _Observer | None = None
         if metrics:
             service = client.settings.service or "unknown"
@@ -270,28 +279,54 @@ class CrosswayMiddleware:
             return
         started = time.perf_counter()
         answered = _Status(send)
+        found = _headers(scope)
+        ctx = self._context(found)
+        failure: BaseException | None = None
         try:
-            await self._serve(scope, receive, answered)
+            await self._serve(scope, receive, answered, found, ctx)
         except BaseException as exc:
             if answered.status == 0 and isinstance(exc, Exception):
                 answered.status = 500  # the server's error handler answers 500
+                failure = exc
             raise
         finally:
+            seconds = time.perf_counter() - started
+            route = route_template(scope)
             if self._observer is not None:
-                seconds = time.perf_counter() - started
-                self._observer.observe(
-                    route_template(scope), scope["method"], answered.status, seconds
+                self._observer.observe(route, scope["method"], answered.status, seconds)
+            if self._telemetry is not None and scope["path"] not in _UNTRACED:
+                self._telemetry.served(
+                    ctx=ctx,
+                    headers=found,
+                    method=scope["method"],
+                    path=scope["path"],
+                    route=route,
+                    status=answered.status,
+                    start_us=wall_micros(started),
+                    seconds=seconds,
+                    error=failure,
                 )
 
-    async def _serve(self, scope: Scope, receive: Receive, send: _Status) -> None:
+    def _context(self, found: dict[str, str]) -> TraceContext:
+        parent = extract(found)
+        if self._telemetry is not None:
+            return self._telemetry.sampler.context_for(parent)
+        return parent.child() if parent is not None else TraceContext.root()
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: _Status,
+        found: dict[str, str],
+        ctx: TraceContext,
+    ) -> None:
         if self._limit is not None and scope["path"] not in self._exempt:
             decision = self._limit(scope, self._now())
             if not decision.allowed:
                 await _refuse(send, RateLimited(retry_after=decision.retry_after))
                 return
-        found = _headers(scope)
-        parent = extract(found)
-        token = set_current_trace(parent.child() if parent is not None else TraceContext.root())
+        token = set_current_trace(ctx)
         try:
             deadline = _deadline(found.get(_DEADLINE), self.client.clock)
             if deadline is None:

@@ -11,10 +11,15 @@ Theory of operation
   A control plane that cannot be reached does not fail `start()`: the service
   boots, discovery serves its disk snapshot, and registration keeps trying
   in the background. A refusal (bad settings, wrong token) does fail it.
+- With a service name (and `telemetry` on, the default), `start()` also
+  starts pushing golden signals and spans to the control plane
+  (`client.telemetry`, crossway.sdk.telemetry), fed by `CrosswayMiddleware`
+  and the `http()` transports.
 - `stop()` undoes all of that in reverse: helpers resign (so another process
   takes over leadership at once), the instance is deregistered (best effort,
-  bounded), the discovery cache writes its snapshots, and the HTTP client
-  closes. Every background task is cancelled and awaited; nothing leaks.
+  bounded), the last signals and spans are sent (bounded), the discovery
+  cache writes its snapshots, and the HTTP client closes. Every background
+  task is cancelled and awaited; nothing leaks.
 - The instance id is fixed at `start()`: the default (`{service}-{hostname}-
   {pid}`) therefore names the worker process, not the parent that forked it.
 - `http()`, `http_sync()` and `bind()` import the modules that implement them
@@ -43,6 +48,7 @@ from crossway.sdk.coordination import Callback, Leader, Lock, ScheduledJob, job_
 from crossway.sdk.discovery import DiscoveryCache
 from crossway.sdk.registration import Registrar, registration_body
 from crossway.sdk.settings import ClientSettings, InvalidSettings
+from crossway.sdk.telemetry import ServiceTelemetry
 
 if TYPE_CHECKING:
     from crossway.sdk.config import BoundConfig
@@ -85,6 +91,8 @@ class Client:
             metrics_registry=self.metrics_registry,
             clock=self.clock,
         )
+        self.telemetry = ServiceTelemetry.for_settings(settings, http=self.control.http)
+        """Golden signals and spans of this service; None without a service name."""
         self._instance_id = settings.instance_id
         self._registrar: Registrar | None = None
         self._helpers: list[Leader | ScheduledJob] = []
@@ -113,6 +121,8 @@ class Client:
         self._instance_id = self.settings.resolved_instance_id()
         try:
             await self.discovery.start()
+            if self.telemetry is not None:
+                await self.telemetry.start(self._instance_id)
             if self.register:
                 await self._start_registration()
             for helper in self._helpers:
@@ -167,6 +177,8 @@ class Client:
             steps.append(functools.partial(config.stop_bindings, self))
         if self._registrar is not None:
             steps.append(functools.partial(self._registrar.stop, deregister=deregister))
+        if self.telemetry is not None:
+            steps.append(self.telemetry.stop)
         steps += [self.discovery.stop, self.control.aclose]
         cancelled: asyncio.CancelledError | None = None
         for step in steps:

@@ -63,7 +63,11 @@ _ENV = {
     "cache_dir": "CROSSWAY_CACHE_DIR",
     "namespace": "CROSSWAY_NAMESPACE",
     "timeout": "CROSSWAY_TIMEOUT",
+    "telemetry": "CROSSWAY_TELEMETRY",
+    "stats_interval": "CROSSWAY_STATS_INTERVAL",
+    "trace_sample_rate": "CROSSWAY_TRACE_SAMPLE_RATE",
 }
+_TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
 
 
 class InvalidSettings(InvalidArgument):
@@ -91,6 +95,12 @@ class ClientSettings:
     namespace: str = DEFAULT_NAMESPACE
     timeout: float = 10.0
     """Seconds any single control-plane request may take (blocking calls add their wait)."""
+    telemetry: bool = True
+    """Push golden signals and spans to the control plane (needs `service`)."""
+    stats_interval: float = 10.0
+    """Seconds between golden-signal pushes (1 to 60)."""
+    trace_sample_rate: float = 1.0
+    """Share of new traces recorded here (a caller's decision is always kept)."""
 
     def __post_init__(self) -> None:
         _set(self, "url", _check_url(self.url))
@@ -157,6 +167,14 @@ class ClientSettings:
             raise InvalidSettings("timeout must be positive", field="timeout")
         if not self.namespace:
             raise InvalidSettings("namespace must not be empty", field="namespace")
+        if not 1.0 <= self.stats_interval <= 60.0:
+            raise InvalidSettings(
+                "stats_interval must be between 1s and 60s", field="stats_interval"
+            )
+        if not 0.0 <= self.trace_sample_rate <= 1.0:
+            raise InvalidSettings(
+                "trace_sample_rate must be between 0 and 1", field="trace_sample_rate"
+            )
 
 
 def guess_address() -> str:
@@ -192,8 +210,12 @@ def _from_text(name: str, variable: str, raw: str) -> Any:
     try:
         if name == "port" or name == "weight":
             return int(raw)
-        if name == "timeout":
+        if name == "timeout" or name == "stats_interval":
             return parse_duration(raw)
+        if name == "trace_sample_rate":
+            return float(raw)
+        if name == "telemetry":
+            return _flag(raw)
         if name == "labels":
             return parse_labels(raw)
         if name == "tags":
@@ -203,6 +225,14 @@ def _from_text(name: str, variable: str, raw: str) -> Any:
     except ValueError as exc:
         raise InvalidSettings(f"{variable}={raw!r}: {exc}", field=variable) from None
     return raw
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError("must be one of 1, true, yes, on, 0, false, no, off")
 
 
 def _check_url(url: str) -> str:

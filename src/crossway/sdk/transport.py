@@ -35,7 +35,13 @@ outlier detector are updated on each change, never on the request path.
 
 Headers. `traceparent` carries the current trace (crossway.telemetry
 .tracecontext) or starts one, with a fresh span id per attempt; a caller's
-own `traceparent` header is left alone. `X-Crossway-Deadline` carries the
+own `traceparent` header is left alone. With the client's telemetry
+(crossway.sdk.telemetry), each request also says who calls
+(`X-Crossway-Caller: <own service>`), each attempt goes into the
+client-side golden signals (route: the request's `crossway.route`
+extension, else `*`), and each attempt of a sampled trace becomes a CLIENT
+span whose id is the one its `traceparent` carries, so the callee's server
+span is its child. `X-Crossway-Deadline` carries the
 whole milliseconds left (rounded down, so the callee never believes it has
 more time than the caller) whenever a deadline applies; the attempt's httpx
 timeouts are shrunk to it as well.
@@ -83,6 +89,7 @@ from crossway.sdk.policies import (
     build_retries,
     follow_control_plane,
 )
+from crossway.sdk.telemetry import CALLER_HEADER, ServiceTelemetry, wall_micros
 from crossway.telemetry.tracecontext import (
     TRACEPARENT,
     TRACESTATE,
@@ -97,6 +104,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _MAX_PLAIN_HOSTS = 4096
 _TRACEPARENT, _TRACESTATE = TRACEPARENT.encode(), TRACESTATE.encode()
 _DEADLINE = DEADLINE_HEADER.lower().encode()
+_CALLER = CALLER_HEADER.lower().encode()
 _SUCCESS = Outcome.SUCCESS
 
 
@@ -259,15 +267,36 @@ def endpoints_of(instances: Iterable[Instance]) -> list[Endpoint]:
 class _Call:
     """One logical call: the caller's request and what its attempts share."""
 
-    __slots__ = ("request", "response", "retry", "timeouts", "trace", "tried", "url")
+    __slots__ = (
+        "began",
+        "parent_id",
+        "request",
+        "response",
+        "retry",
+        "sampled",
+        "span_id",
+        "timeouts",
+        "trace",
+        "tried",
+        "url",
+    )
 
     def __init__(
-        self, request: Any, retry: RetryPolicy | None, trace: tuple[str, str] | None
+        self,
+        request: Any,
+        retry: RetryPolicy | None,
+        trace: tuple[str, str] | None,
+        parent_id: str | None = None,
+        sampled: bool = False,
     ) -> None:
         self.request = request
         self.url = request.url
         self.retry = retry
         self.trace = trace  # (prefix, suffix) of each attempt's traceparent
+        self.parent_id = parent_id  # the span the attempts' client spans are children of
+        self.sampled = sampled  # whether client spans are recorded
+        self.span_id: str | None = None  # the current attempt's span id
+        self.began = 0.0  # perf_counter() when the current attempt was sent
         self.timeouts: Any = None  # the caller's httpx timeouts, once shrunk
         self.tried: list[str] | None = None  # instances tried; None before the first attempt
         self.response: Any = None  # the last attempt's response, until returned
@@ -299,10 +328,12 @@ class ServiceStack:
         flavor: Flavor,
         zone: str | None,
         clock: Clock,
+        telemetry: ServiceTelemetry | None = None,
     ) -> None:
         self.service = service
         self.policy = policy
         self._flavor = flavor
+        self._telemetry = telemetry
         self._lock = threading.Lock()
         self._now = time.monotonic if type(clock) is SystemClock else clock.now
         self.balancer = build_balancer(policy, zone=zone, clock=clock)
@@ -338,12 +369,18 @@ class ServiceStack:
         if retries is not None and isinstance(request.stream, self._flavor.byte_stream):
             retry = retries.safe if request.method in IDEMPOTENT else retries.unsafe
         headers = request.headers
+        telemetry = self._telemetry
+        if telemetry is not None:
+            self._flavor.set_header(headers, _CALLER, telemetry.service)
         if self._flavor.has_header(headers, _TRACEPARENT):
             return _Call(request, retry, None)  # the caller's own: left alone
         parent = current_trace()
         if parent is not None and parent.tracestate:
             self._flavor.set_header(headers, _TRACESTATE, format_tracestate(parent.tracestate))
-        return _Call(request, retry, child_traceparent_parts(parent))
+        if telemetry is None:
+            return _Call(request, retry, child_traceparent_parts(parent))
+        parts, parent_id, sampled = telemetry.trace_parts(parent)
+        return _Call(request, retry, parts, parent_id, sampled)
 
     @staticmethod
     def _end(call: _Call) -> None:
@@ -364,11 +401,11 @@ class ServiceStack:
         if tried is None:
             tried = call.tried = []
             if trace is not None:  # the first attempt: `_begin` saw no traceparent
-                flavor.add_header(
-                    request.headers, _TRACEPARENT, trace[0] + new_span_id() + trace[1]
-                )
+                span_id = call.span_id = new_span_id()
+                flavor.add_header(request.headers, _TRACEPARENT, trace[0] + span_id + trace[1])
         elif trace is not None:
-            flavor.set_header(request.headers, _TRACEPARENT, trace[0] + new_span_id() + trace[1])
+            span_id = call.span_id = new_span_id()
+            flavor.set_header(request.headers, _TRACEPARENT, trace[0] + span_id + trace[1])
         left = remaining_time()
         if left is not None:
             self._stamp_deadline(call, left)
@@ -389,6 +426,7 @@ class ServiceStack:
             tried.append(endpoint.id)
             lb_call = balancer.begin(endpoint, now)
         request.url = self._rewrite(call.url, endpoint.address, endpoint.port)
+        call.began = time.perf_counter()
         return endpoint, lb_call
 
     def _stamp_deadline(self, call: _Call, left: float) -> None:
@@ -444,6 +482,30 @@ class ServiceStack:
             if against and self.detector is not None:
                 self.detector.record(endpoint.id, Outcome.GATEWAY_ERROR, now)
 
+    def _observe(
+        self, call: _Call, endpoint: Endpoint, status: int, error: BaseException | None
+    ) -> None:
+        """Telemetry of one attempt: client-side signals and, if sampled, a span."""
+        telemetry = self._telemetry
+        if telemetry is None:
+            return
+        seconds = time.perf_counter() - call.began
+        telemetry.attempted(
+            peer_service=self.service,
+            request=call.request,
+            url=call.url,
+            status=status,
+            start_us=wall_micros(call.began),
+            seconds=seconds,
+            attempt=len(call.tried or ()),
+            trace=call.trace,
+            span_id=call.span_id,
+            parent_id=call.parent_id,
+            sampled=call.sampled,
+            address=f"{endpoint.address}:{endpoint.port}",
+            error=error,
+        )
+
     def _next_delay(
         self, policy: RetryPolicy, tries: int, start: float, previous: float | None
     ) -> float | None:
@@ -464,6 +526,7 @@ class ServiceStack:
         """The call function for this stack over an async `send`; see the header."""
         # Bound once: this closure is the per-attempt hot path.
         prepare, answered, failed = self._prepare, self._answered, self._failed
+        observe = self._observe if self._telemetry is not None else None
 
         async def attempt(call: _Call) -> Any:
             held = call.response
@@ -475,8 +538,12 @@ class ServiceStack:
                 response = await send(call.request)
             except BaseException as exc:
                 failed(endpoint, lb_call, exc)
+                if observe is not None:
+                    observe(call, endpoint, 0, exc)
                 raise
             answered(endpoint, lb_call, response.status_code)
+            if observe is not None:
+                observe(call, endpoint, response.status_code, None)
             call.response = response
             return response
 
@@ -570,6 +637,7 @@ class ServiceStack:
         """As `fold_async`, for a blocking `send` (deadlines are cooperative:
         they shrink each attempt's timeouts and stop retries)."""
         prepare, answered, failed = self._prepare, self._answered, self._failed
+        observe = self._observe if self._telemetry is not None else None
         per_try = self.retries.per_try_timeout if self.retries is not None else None
 
         def attempt(call: _Call) -> Any:
@@ -588,8 +656,12 @@ class ServiceStack:
                 response = send(call.request)
             except BaseException as exc:
                 failed(endpoint, lb_call, exc)
+                if observe is not None:
+                    observe(call, endpoint, 0, exc)
                 raise
             answered(endpoint, lb_call, response.status_code)
+            if observe is not None:
+                observe(call, endpoint, response.status_code, None)
             call.response = response
             return response
 
@@ -678,8 +750,10 @@ class Router:
         zone: str | None,
         clock: Clock,
         passthrough_hosts: Iterable[str],
+        telemetry: ServiceTelemetry | None = None,
     ) -> None:
         self.discovery = discovery
+        self.telemetry = telemetry
         self.book = book
         self.stacks: dict[str, Callable[[Any], Any]] = {}  # host -> folded call
         self.plain: set[str] = set()  # hosts seen not to be services
@@ -753,6 +827,7 @@ class Router:
             flavor=self._flavor,
             zone=self._zone,
             clock=self._clock,
+            telemetry=self.telemetry,
         )
         stack.update(self._instances.get(service, ()))
         folded = stack.fold_async(self._send) if self._async else stack.fold_sync(self._send)
@@ -780,7 +855,8 @@ class TransportOptions(TypedDict, total=False):
     """Options of both transports (keyword-only): `policies` per service and
     `default_policy`, set in code; `control` (a `ControlPlane`) to follow the
     control plane's `/policies/` too; `zone`, the caller's, for zone-aware
-    balancing; `clock`; `passthrough_hosts`, dotless hosts that are not services."""
+    balancing; `clock`; `passthrough_hosts`, dotless hosts that are not services;
+    `telemetry`, the calling service's signals and spans (a client's)."""
 
     policies: Mapping[str, CallPolicy] | None
     default_policy: CallPolicy | None
@@ -788,6 +864,7 @@ class TransportOptions(TypedDict, total=False):
     zone: str | None
     clock: Clock | None
     passthrough_hosts: Iterable[str]
+    telemetry: ServiceTelemetry | None
 
 
 class _Core:
@@ -814,6 +891,7 @@ class _Core:
             zone=options.get("zone"),
             clock=options.get("clock") or SystemClock(),
             passthrough_hosts=options.get("passthrough_hosts", ()),
+            telemetry=options.get("telemetry"),
         )
         self._control = options.get("control")
         self._follower: asyncio.Future[None] | concurrent.futures.Future[None] | None = None
@@ -975,6 +1053,7 @@ def client_options(
 ) -> tuple[TransportOptions, dict[str, Any], dict[str, Any]]:
     """(transport options, pool options, client options) for a crossway `Client`."""
     code["zone"] = getattr(client.settings, "zone", None)
+    code["telemetry"] = getattr(client, "telemetry", None)
     if follow_policies:
         code["control"] = client.control
     pool = {k: v for k, v in httpx_options.items() if k in POOL_OPTIONS}

@@ -15,9 +15,11 @@ Theory of operation
   gateway, the SDK client, a sidecar's outbound side) records requests to
   other services, passing `service=` per call, with itself as the caller.
 - `StatsPusher` is the thin async driver: every `interval` seconds it posts
-  the snapshot to `POST /v1/stats/push`. A failed push is dropped and counted
-  (re-sending it later would pile old traffic into a new time slot); it never
-  raises into the application.
+  the snapshot of each of its recorders (a process that both serves and
+  calls keeps one per side) to `POST /v1/stats/push`. A failed push is
+  dropped and counted (re-sending it later would pile old traffic into a new
+  time slot); it never raises into the application, and a control plane
+  that stays down is logged once per outage, not once per push.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx2
 import msgspec
 
 from crossway.telemetry.metrics import OVERFLOW, LabelBudget, is_error, status_class
+from crossway.telemetry.outage import OutageLog
 from crossway.telemetry.signals.histogram import BUCKET_COUNT, bucket_index
 from crossway.telemetry.signals.push import Push, PushSeries, Side, Source
 
@@ -138,17 +142,18 @@ class PushStats:
 
 
 class StatsPusher:
-    """Posts a `Recorder`'s snapshots to a control plane every `interval` seconds.
+    """Posts the snapshots of one or more `Recorder`s to a control plane every
+    `interval` seconds.
 
     `start()` begins the loop in the running event loop; `aclose()` stops it
     and makes one last push (bounded by `timeout`). Cancellation of the loop is
     clean; a push that fails (unreachable control plane, error status) is
-    dropped, counted in `stats` and logged, never raised.
+    dropped, counted in `stats` and logged once per outage, never raised.
     """
 
     def __init__(
         self,
-        recorder: Recorder,
+        recorder: Recorder | Sequence[Recorder],
         url: str,
         *,
         interval: float = 10.0,
@@ -156,11 +161,13 @@ class StatsPusher:
         token: str | None = None,
         client: httpx2.AsyncClient | None = None,
     ) -> None:
-        self.recorder = recorder
+        self.recorders = [recorder] if isinstance(recorder, Recorder) else list(recorder)
+        self.recorder = self.recorders[0]
         self.endpoint = url.rstrip("/") + "/v1/stats/push"
         self.interval = interval
         self.timeout = timeout
         self.stats = PushStats()
+        self.outage = OutageLog("golden signals", self.endpoint, log)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = client
         self._owns_client = client is None
@@ -172,9 +179,14 @@ class StatsPusher:
 
     async def push(self) -> bool:
         """Send what was recorded since the last push; True when accepted (or nothing to send)."""
-        push = self.recorder.snapshot(interval_s=self.interval)
-        if push is None:
-            return True
+        ok = True
+        for recorder in self.recorders:
+            push = recorder.snapshot(interval_s=self.interval)
+            if push is not None:
+                ok = await self._push(push) and ok
+        return ok
+
+    async def _push(self, push: Push) -> bool:
         body = msgspec.json.encode(push)
         headers = {**self._headers, "Content-Type": "application/json"}
         try:
@@ -184,12 +196,13 @@ class StatsPusher:
         if response.status_code >= 300:
             return self._failed(push, f"status {response.status_code}: {response.text[:200]}")
         self.stats.pushed += 1
+        self.outage.succeeded()
         return True
 
     def _failed(self, push: Push, why: str) -> bool:
         self.stats.failed += 1
         self.stats.series_dropped += len(push.series)
-        log.warning("golden-signal push to %s failed (%s); dropped", self.endpoint, why)
+        self.outage.failed(why)
         return False
 
     async def _loop(self) -> None:
