@@ -34,6 +34,7 @@ from crossway.cli import gateway as gateway_cli
 from crossway.cli import registry as registry_cli
 from crossway.cli import stats as stats_cli
 from crossway.cli import trace as trace_cli
+from crossway.cli import up as up_cli
 from crossway.cli._common import EXIT_INTERRUPTED, fail, fail_unexpected, usage_error
 from crossway.core.durations import parse_duration
 from crossway.core.errors import CrosswayError, InvalidArgument
@@ -193,6 +194,7 @@ COMMANDS: tuple[Register, ...] = (
     coord_cli.register,
     trace_cli.register,
     stats_cli.register,
+    up_cli.register,
 )
 """Sub-command modules' `register` functions (see the module header)."""
 

@@ -90,13 +90,22 @@ def run_server(settings: ServerSettings, *, configure_logs: bool = True) -> None
 
 
 async def serve(
-    settings: ServerSettings, *, clock: Clock | None = None, extra: Sequence[RouteProvider] = ()
+    settings: ServerSettings,
+    *,
+    clock: Clock | None = None,
+    extra: Sequence[RouteProvider] = (),
+    shutdown: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (see the module header); `extra` route
     providers are added after the built-in ones. Must run in the main thread
-    (signal handlers). Cancellation closes the store and propagates."""
+    (signal handlers). Cancellation closes the store and propagates.
+
+    With `shutdown`, the caller owns the signals (as `crossway up` does, to
+    stop its services first): no handler is installed, and setting the event
+    shuts the server down as SIGTERM would."""
     stopper = _Stopper()
-    with _signal_handlers(stopper), bind_socket(settings.bind, settings.port) as sock:
+    stop_on = _signal_handlers(stopper) if shutdown is None else _stop_when(shutdown, stopper)
+    with stop_on, bind_socket(settings.bind, settings.port) as sock:
         ctx = await open_context(settings, clock=clock)
         stopper.ctx = ctx
         try:
@@ -318,6 +327,19 @@ class _Stopper:
         if self.server is not None:
             self.server.force_exit = self.requested > 1
             self.server.should_exit = True
+
+
+@contextlib.contextmanager
+def _stop_when(event: asyncio.Event, stopper: _Stopper) -> Iterator[None]:
+    async def wait() -> None:
+        await event.wait()
+        stopper(signal.SIGTERM)
+
+    waiter = asyncio.get_running_loop().create_task(wait())
+    try:
+        yield
+    finally:
+        waiter.cancel()
 
 
 @contextlib.contextmanager
