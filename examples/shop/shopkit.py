@@ -1,0 +1,115 @@
+"""What the four services of the demo shop share: where their data lives, a
+small SQLite helper, logging, and JSON errors for the SDK's exceptions.
+
+Theory of operation
+-------------------
+Replicas of one service are separate processes (two `orders`, two
+`payments`; `inventory` and `inventory-canary` share their stock), so their
+state lives in SQLite files they all open, under the data directory that
+`crossway up` hands every service: `CROSSWAY_CACHE_DIR` is
+`<data dir>/cache`, and the shop keeps `<data dir>/shop/*.sqlite` beside it
+(`SHOP_DATA_DIR` overrides; run by hand, `.crossway/shop`). Each file is in
+WAL mode with a busy timeout, and every write is one `BEGIN IMMEDIATE`
+transaction, so concurrent replicas serialise instead of failing.
+
+sqlite3 blocks, so every statement runs in a worker thread
+(`asyncio.to_thread`); a lock keeps one statement at a time on the single
+connection of a process. The demo's rates (tens of requests a second) are
+far below what this serialises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from crossway.core.errors import CrosswayError
+
+T = TypeVar("T")
+
+
+def configure_logging() -> None:
+    """One line per record, as `crossway up` prefixes each with the replica."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per request: too many
+
+
+def data_dir() -> Path:
+    """Where the shop keeps its SQLite files (created if missing)."""
+    explicit = os.environ.get("SHOP_DATA_DIR")
+    if explicit:
+        path = Path(explicit)
+    else:
+        cache = Path(os.environ.get("CROSSWAY_CACHE_DIR", ".crossway/cache"))
+        path = cache.parent / "shop"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class SharedDb:
+    """One SQLite file shared by every replica of a service; see the header."""
+
+    def __init__(self, name: str, schema: str) -> None:
+        self.path = data_dir() / f"{name}.sqlite"
+        self._schema = schema
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+            conn.isolation_level = None  # transactions are explicit (BEGIN IMMEDIATE)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            conn.executescript(self._schema)
+            self._conn = conn
+        return self._conn
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` in one write transaction, off the event loop."""
+        return await asyncio.to_thread(self._transaction, work)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def install_error_handler(app: FastAPI) -> None:
+    """Answer the SDK's errors (no instance, breaker open, a callee's error
+    status, deadline) as Crossway's JSON error with their status, never a
+    traceback page."""
+
+    async def crossway_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, CrosswayError)
+        logging.getLogger("shop").warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+
+    app.add_exception_handler(CrosswayError, crossway_error)
+
+
+def money(cents: int) -> str:
+    return f"{cents / 100:,.2f}"
