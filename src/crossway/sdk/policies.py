@@ -1,6 +1,11 @@
 """Call policies: how the SDK calls one service (timeouts, retries and their
 budget, circuit breaker, bulkhead, outlier ejection, balancer).
 
+The document (`CallPolicy` and its sections, validation, JSON) is
+crossway.traffic.policy's, re-exported here; this module holds what the SDK
+makes of it: which policy applies, following the control plane, and the
+builders of the transport's stack.
+
 Theory of operation
 -------------------
 A `CallPolicy` is a frozen msgspec Struct, the same document in code and on
@@ -46,10 +51,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -78,242 +82,56 @@ from crossway.resilience import (
     RetryBudget,
     RetryPolicy,
 )
+from crossway.traffic.policy import (
+    DEFAULT_NAME,
+    POLICY_PREFIX,
+    SERVER_ERRORS,
+    BackoffSpec,
+    BalancerName,
+    BreakerSpec,
+    BudgetSpec,
+    BulkheadSpec,
+    CallPolicy,
+    Duration,
+    OutlierSpec,
+    RetrySpec,
+    check_policy,
+    decode_policy,
+    encode_policy,
+)
 
 log = logging.getLogger("crossway.sdk.policies")
 
-Duration = str | float
 ExceptionTypes = tuple[type[BaseException], ...]
-POLICY_PREFIX = "/policies/"
-DEFAULT_NAME = "default"
-SERVER_ERRORS = frozenset(range(500, 600))
 
-
-class _Spec(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
-):
-    """Frozen (hashable, safe to share), strict (unknown fields are errors),
-    and encoded with only the fields that differ from their defaults."""
-
-
-class BackoffSpec(_Spec, frozen=True):
-    """Exponential backoff between attempts: base x 2^n, capped, jittered."""
-
-    base: Duration = "25ms"
-    cap: Duration = "1s"
-    jitter: Literal["full", "equal", "decorrelated", "none"] = "full"
-
-
-class BudgetSpec(_Spec, frozen=True):
-    """Finagle's retry budget: retries limited to `percent` of recent requests
-    (over `ttl`), plus `min_per_second` so quiet callers can still retry."""
-
-    percent: float = 20.0
-    min_per_second: float = 10.0
-    ttl: Duration = "10s"
-
-
-class RetrySpec(_Spec, frozen=True):
-    """`attempts` counts every try, the first included (1: never retry).
-
-    Connection failures (nothing was sent) are retried for every method.
-    Statuses in `on`, broken connections and per-try timeouts are retried
-    only for idempotent methods (GET HEAD OPTIONS TRACE PUT DELETE), unless
-    `non_idempotent` is true. A retry goes to another instance when there is one.
-    """
-
-    attempts: int = 3
-    on: tuple[int, ...] = (502, 503, 504)
-    non_idempotent: bool = False
-    per_try_timeout: Duration | None = None
-    backoff: BackoffSpec = BackoffSpec()
-    budget: BudgetSpec | None = BudgetSpec()
-
-
-class BreakerSpec(_Spec, frozen=True):
-    """One breaker per service, judging whole calls (after their retries).
-
-    `consecutive`: opens after `failures` failed calls in a row. `rate`:
-    opens when `failure_rate`% of the last `window` calls failed (once at
-    least `minimum_calls` were seen). Open for `open_for`, then
-    `half_open_calls` probes decide. A failure is a transport error, a
-    timeout, or a status in `fail_on` (empty: every 5xx).
-    """
-
-    kind: Literal["consecutive", "rate"] = "consecutive"
-    failures: int = 5
-    failure_rate: float = 50.0
-    window: int = 100
-    minimum_calls: int = 20
-    open_for: Duration = "30s"
-    half_open_calls: int = 1
-    fail_on: tuple[int, ...] = ()
-
-
-class BulkheadSpec(_Spec, frozen=True):
-    """At most `max_concurrent` calls in flight to the service; `max_queue`
-    more may wait up to `max_wait` (None: as long as the deadline allows)."""
-
-    max_concurrent: int = 100
-    max_queue: int = 0
-    max_wait: Duration | None = None
-
-
-class OutlierSpec(_Spec, frozen=True):
-    """Envoy's outlier detection, per instance. `max_ejection_percent` is 50
-    here, not Envoy's 10: client-side sets are small, and 10% of three
-    instances would never allow an ejection."""
-
-    consecutive_5xx: int = 5
-    consecutive_gateway_failure: int = 5
-    interval: Duration = "10s"
-    base_ejection_time: Duration = "30s"
-    max_ejection_time: Duration = "300s"
-    max_ejection_percent: float = 50.0
-    success_rate_minimum_hosts: int = 5
-    success_rate_request_volume: int = 100
-    success_rate_stdev_factor: int = 1900
-
-
-BalancerName = Literal["round_robin", "least_request", "peak_ewma", "ring_hash", "maglev"]
-
-
-class CallPolicy(_Spec, frozen=True):
-    """How to call one service; see the module header and docs/sdk.md.
-
-    `timeout` bounds a whole call, retries and waits included (None: only
-    the HTTP client's own timeouts). `round_robin` is nginx's smooth weighted
-    round robin (equal weights: plain rotation). `hash_header` names the request header
-    whose value `ring_hash`/`maglev` hash (without it, picks are random).
-    `zone_aware` prefers instances in the caller's zone while they can take
-    the load (needs the client's zone).
-    """
-
-    timeout: Duration | None = None
-    retries: RetrySpec | None = RetrySpec()
-    breaker: BreakerSpec | None = None
-    bulkhead: BulkheadSpec | None = None
-    outlier: OutlierSpec | None = OutlierSpec()
-    balancer: BalancerName = "round_robin"
-    hash_header: str | None = None
-    zone_aware: bool = False
-
-    def __post_init__(self) -> None:
-        check_policy(self)
-
-
-# -- validation -----------------------------------------------------------------------
-
-
-def _fail(field: str, message: str) -> InvalidArgument:
-    return InvalidArgument(f"{field.removeprefix('$.')}: {message}", field=field)
-
-
-def _seconds(value: Duration, field: str, *, positive: bool = False) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise _fail(field, str(exc)) from None
-    if positive and seconds <= 0:
-        raise _fail(field, "must be longer than zero")
-    return seconds
-
-
-def _within(value: float, field: str, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise _fail(field, f"must be between {low:g} and {high:g}, got {value:g}")
-
-
-def _statuses(values: tuple[int, ...], field: str) -> None:
-    for status in values:
-        _within(status, field, 100, 599)
-
-
-def check_policy(policy: CallPolicy) -> None:
-    """Raise InvalidArgument naming the first field out of range (`$.a.b`)."""
-    if policy.timeout is not None:
-        _seconds(policy.timeout, "$.timeout", positive=True)
-    if policy.retries is not None:
-        _check_retries(policy.retries, "$.retries")
-    if policy.breaker is not None:
-        _check_breaker(policy.breaker, "$.breaker")
-    if policy.bulkhead is not None:
-        spec = policy.bulkhead
-        _within(spec.max_concurrent, "$.bulkhead.max_concurrent", 1, 1_000_000)
-        _within(spec.max_queue, "$.bulkhead.max_queue", 0, 1_000_000)
-        if spec.max_wait is not None:
-            _seconds(spec.max_wait, "$.bulkhead.max_wait")
-    if policy.outlier is not None:
-        _check_outlier(policy.outlier, "$.outlier")
-    if policy.hash_header is not None and not policy.hash_header.strip():
-        raise _fail("$.hash_header", "must name a header")
-
-
-def _check_retries(spec: RetrySpec, at: str) -> None:
-    _within(spec.attempts, f"{at}.attempts", 1, 10)
-    _statuses(spec.on, f"{at}.on")
-    if spec.per_try_timeout is not None:
-        _seconds(spec.per_try_timeout, f"{at}.per_try_timeout", positive=True)
-    _seconds(spec.backoff.base, f"{at}.backoff.base")
-    _seconds(spec.backoff.cap, f"{at}.backoff.cap")
-    if spec.budget is not None:
-        _within(spec.budget.percent, f"{at}.budget.percent", 0, 1000)
-        _within(spec.budget.min_per_second, f"{at}.budget.min_per_second", 0, 1_000_000)
-        _within(_seconds(spec.budget.ttl, f"{at}.budget.ttl"), f"{at}.budget.ttl", 1, 60)
-
-
-def _check_breaker(spec: BreakerSpec, at: str) -> None:
-    _within(spec.failures, f"{at}.failures", 1, 1_000_000)
-    if not 0 < spec.failure_rate <= 100:
-        raise _fail(f"{at}.failure_rate", "must be above 0 and at most 100")
-    _within(spec.window, f"{at}.window", 1, 1_000_000)
-    _within(spec.minimum_calls, f"{at}.minimum_calls", 1, 1_000_000)
-    _seconds(spec.open_for, f"{at}.open_for", positive=True)
-    _within(spec.half_open_calls, f"{at}.half_open_calls", 1, 1000)
-    _statuses(spec.fail_on, f"{at}.fail_on")
-
-
-def _check_outlier(spec: OutlierSpec, at: str) -> None:
-    _within(spec.consecutive_5xx, f"{at}.consecutive_5xx", 1, 1_000_000)
-    _within(spec.consecutive_gateway_failure, f"{at}.consecutive_gateway_failure", 1, 1_000_000)
-    for name in ("interval", "base_ejection_time", "max_ejection_time"):
-        _seconds(getattr(spec, name), f"{at}.{name}", positive=True)
-    _within(spec.max_ejection_percent, f"{at}.max_ejection_percent", 0, 100)
-    _within(spec.success_rate_minimum_hosts, f"{at}.success_rate_minimum_hosts", 1, 1_000_000)
-    _within(spec.success_rate_request_volume, f"{at}.success_rate_request_volume", 1, 1_000_000)
-    _within(spec.success_rate_stdev_factor, f"{at}.success_rate_stdev_factor", 0, 1_000_000)
-
-
-_decoder = msgspec.json.Decoder(CallPolicy)
-_encoder = msgspec.json.Encoder()
-
-
-def decode_policy(raw: bytes | str) -> CallPolicy:
-    """A policy from JSON; InvalidArgument naming the field (`$.retries.attempts`)."""
-    try:
-        return _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise InvalidArgument(message, field=_field_of(message)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidArgument(f"not valid JSON: {exc}", field="$") from None
-
-
-_AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
-_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
-
-
-def _field_of(message: str) -> str:
-    """The JSON path msgspec's message is about, down to a named field
-    ("unknown field `x` - at `$.retries`" is about `$.retries.x`)."""
-    at = _AT_PATH.search(message)
-    path = at.group(1) if at else "$"
-    named = _NAMED_FIELD.search(message)
-    return f"{path}.{named.group(1)}" if named else path
-
-
-def encode_policy(policy: CallPolicy) -> bytes:
-    """JSON with only the fields that differ from their defaults."""
-    return _encoder.encode(policy)
+# The document itself lives in crossway.traffic.policy (the gateway reads it
+# too); its names stay importable from here.
+__all__ = [
+    "DEFAULT_NAME",
+    "POLICY_PREFIX",
+    "SERVER_ERRORS",
+    "BackoffSpec",
+    "BalancerName",
+    "BreakerSpec",
+    "BudgetSpec",
+    "BulkheadSpec",
+    "CallPolicy",
+    "Duration",
+    "OutlierSpec",
+    "PolicyBook",
+    "Retries",
+    "RetrySpec",
+    "apply_event",
+    "build_balancer",
+    "build_breaker",
+    "build_bulkhead",
+    "build_outlier",
+    "build_retries",
+    "check_policy",
+    "decode_policy",
+    "encode_policy",
+    "follow_control_plane",
+]
 
 
 # -- builders: one policy -> pure policy objects -------------------------------------------

@@ -5,7 +5,7 @@
     PUT    /v1/policies/{name}      set it (validated; If-Match: <revision> for CAS)
     DELETE /v1/policies/{name}      remove it (If-Match as for PUT)
 
-A policy is a `crossway.sdk.policies.CallPolicy` document stored as JSON at
+A policy is a `crossway.traffic.policy.CallPolicy` document stored as JSON at
 `/policies/{name}`, where `name` is a service name, or `default` for the
 policy of every service that has none of its own. Clients follow the prefix
 with `GET /v1/watch?prefix=/policies/` and apply changes as they come (code
@@ -19,9 +19,9 @@ from __future__ import annotations
 from starlette.routing import BaseRoute
 
 from crossway.registry.model import check_name
-from crossway.sdk.policies import POLICY_PREFIX, CallPolicy, encode_policy
 from crossway.server.context import ServerContext
 from crossway.server.documents import DocumentApi, DocumentKind
+from crossway.traffic.policy import POLICY_PREFIX, CallPolicy, encode_policy
 
 POLICIES = DocumentKind(
     singular="policy",
