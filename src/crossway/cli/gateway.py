@@ -3,13 +3,17 @@
     crossway gateway --control-plane http://127.0.0.1:7700
     crossway gateway --config gateway.yaml [--port 7780] [--admin-port 7790] [--workers N]
     crossway gateway --config gateway.yaml --tls-cert cert.pem --tls-key key.pem
+    crossway gateway --control-plane URL --access-log sample:0.1 [--no-telemetry]
 
 Routes come from the control plane (`PUT /v1/routes/{name}`, followed live)
 or from a YAML file with the same schema; endpoints come from the control
 plane's discovery. With both flags the file gives the routes and the control
-plane the endpoints. `--workers N` runs N processes sharing the port
-(SO_REUSEPORT); the admin port is served by the first. A bad config file is
-one line on stderr naming the file, line and field, and exit status 1.
+plane the endpoints. With a control plane the gateway pushes golden signals
+and spans to it (`--no-telemetry` turns that off); `--access-log` writes
+JSON lines on stdout (`off`, `full`, or `sample:R`). `--workers N` runs N
+processes sharing the port (SO_REUSEPORT); the admin port is served by the
+first. A bad config file is one line on stderr naming the file, line and
+field, and exit status 1.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Annotated
 import typer
 
 from crossway.cli._common import fail, fail_unexpected
+from crossway.core.durations import parse_duration
 from crossway.core.errors import CrosswayError
 from crossway.proxy.run import GatewaySettings, run_gateway
 
@@ -63,6 +68,36 @@ def gateway(
     token: Annotated[
         str | None, typer.Option("--token", envvar="CROSSWAY_TOKEN", help="Control plane token.")
     ] = None,
+    telemetry: Annotated[
+        bool,
+        typer.Option(
+            "--telemetry/--no-telemetry",
+            envvar="CROSSWAY_TELEMETRY",
+            help="Push golden signals and spans to the control plane.",
+        ),
+    ] = True,
+    access_log: Annotated[
+        str,
+        typer.Option(
+            "--access-log",
+            envvar="CROSSWAY_GATEWAY_ACCESS_LOG",
+            help="Access log on stdout: off, full or sample:R.",
+        ),
+    ] = "off",
+    stats_interval: Annotated[
+        str,
+        typer.Option(
+            "--stats-interval", envvar="CROSSWAY_STATS_INTERVAL", help="Golden-signal push period."
+        ),
+    ] = "10s",
+    trace_sample_rate: Annotated[
+        float,
+        typer.Option(
+            "--trace-sample-rate",
+            envvar="CROSSWAY_TRACE_SAMPLE_RATE",
+            help="Share of new traces recorded (a client's decision is kept).",
+        ),
+    ] = 1.0,
 ) -> None:
     """Run the API gateway (HTTP/1.1 reverse proxy with routes from the control plane)."""
     if control_plane is None and config is None:
@@ -77,6 +112,10 @@ def gateway(
         workers=workers,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        telemetry=telemetry,
+        stats_interval=_interval(stats_interval),
+        trace_sample_rate=trace_sample_rate,
+        access_log=access_log,
     )
     try:
         run_gateway(settings)
@@ -86,3 +125,10 @@ def gateway(
         fail(COMMAND, f"cannot listen: {exc.strerror or exc}")
     except Exception as exc:
         fail_unexpected(COMMAND, exc)
+
+
+def _interval(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        fail(COMMAND, f"--stats-interval: {exc}")

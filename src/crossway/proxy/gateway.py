@@ -68,6 +68,7 @@ from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import Duration, Route, seconds
 from crossway.proxy.routes.table import Match
 from crossway.proxy.stream import ClientBodyError, Stream
+from crossway.proxy.telemetry import GatewayTelemetry
 from crossway.proxy.upstream import UpstreamPool
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -93,8 +94,10 @@ class Gateway:
         clock: Clock | None = None,
         rng: Callable[[], float] = random.random,
         stats: GatewayStats | None = None,
+        telemetry: GatewayTelemetry | None = None,
     ) -> None:
         self.stats = stats
+        self.telemetry = telemetry
         self.config = config
         self.clusters = clusters
         self.pool = pool
@@ -110,6 +113,8 @@ class Gateway:
     async def __call__(self, stream: Stream) -> None:
         started = self._clock.now()
         outcome = _Outcome()
+        telemetry = self.telemetry
+        token = telemetry.begin(stream) if telemetry is not None else None
         try:
             await self._handle(stream, self.config, outcome)
         except GatewayError as error:
@@ -120,8 +125,11 @@ class Gateway:
             if not stream.response_started:
                 stream.send_local(render_rejected(error.rejected), close=True)
         finally:
+            ended = self._clock.now()
             if self.stats is not None:
-                self.stats.observe(outcome.route, outcome.status, self._clock.now() - started)
+                self.stats.observe(outcome.route, outcome.status, ended - started)
+            if telemetry is not None and token is not None:
+                telemetry.finish(token, stream, outcome.route, outcome.status, started, ended)
 
     async def _handle(self, stream: Stream, config: GatewayConfig, outcome: _Outcome) -> None:
         head = stream.head
@@ -164,6 +172,9 @@ class Gateway:
         tried: set[str] = set()
         for attempt in range(attempts):
             endpoint = self._pick(service, route, tried)
+            if self.telemetry is not None:  # trace context and caller, upstream noted
+                extra, drop = self.telemetry.upstream(edits.extra, edits.drop, service, endpoint)
+                edits = edits._replace(extra=extra, drop=drop)
             last = attempt + 1 >= attempts
             statuses = frozenset() if last else _retry_statuses(stream, route)
             try:

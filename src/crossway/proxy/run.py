@@ -43,6 +43,12 @@ from crossway.proxy.gateway import Gateway
 from crossway.proxy.routes.config import EMPTY, GatewayConfig, load_config
 from crossway.proxy.routes.follow import follow_control_plane
 from crossway.proxy.server import ProxyServer
+from crossway.proxy.telemetry import (
+    TelemetrySettings,
+    build_telemetry,
+    instance_name,
+    parse_access_log,
+)
 from crossway.proxy.tls import server_context
 from crossway.proxy.upstream import UpstreamPool
 
@@ -61,6 +67,12 @@ class GatewaySettings:
     workers: int = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    telemetry: bool = True
+    """Golden signals and spans to the control plane (with `control_plane`)."""
+    stats_interval: float = 10.0
+    trace_sample_rate: float = 1.0
+    access_log: str = "off"
+    """`off`, `full` or `sample:R` (proxy/telemetry.py)."""
 
 
 @dataclass(slots=True)
@@ -84,7 +96,14 @@ async def serve_gateway(
     config = load_config(settings.config_path) if settings.config_path else EMPTY
     stats = GatewayStats()
     clusters = Clusters(clock=clock)
-    gateway = Gateway(config, clusters=clusters, pool=UpstreamPool(clock=clock), stats=stats)
+    telemetry = build_telemetry(_telemetry_settings(settings), clock=clock)
+    gateway = Gateway(
+        config,
+        clusters=clusters,
+        pool=UpstreamPool(clock=clock),
+        stats=stats,
+        telemetry=telemetry,
+    )
     state = _Running(gateway, ready=settings.config_path is not None)
     server = ProxyServer(gateway, clock=clock)
     tls = _tls(settings)
@@ -97,11 +116,26 @@ async def serve_gateway(
         if admin is not None:
             stack.push_async_callback(admin.stop)
         stack.callback(gateway.pool.close)
+        if telemetry is not None:
+            await telemetry.start()
+            stack.push_async_callback(telemetry.aclose)
         if settings.control_plane:
             await _follow(stack, settings, state)
         if started is not None:
             started.set_result((port, admin_port))
         await asyncio.Event().wait()
+
+
+def _telemetry_settings(settings: GatewaySettings) -> TelemetrySettings:
+    return TelemetrySettings(
+        control_plane=settings.control_plane,
+        token=settings.token,
+        enabled=settings.telemetry,
+        stats_interval=settings.stats_interval,
+        trace_sample_rate=settings.trace_sample_rate,
+        access_log=parse_access_log(settings.access_log),
+        instance=instance_name(),
+    )
 
 
 def _tls(settings: GatewaySettings) -> ssl.SSLContext | None:
@@ -189,6 +223,7 @@ def run_gateway(settings: GatewaySettings) -> None:
     if settings.config_path is not None:
         load_config(settings.config_path)  # fail before forking, once
     _tls(settings)
+    _telemetry_settings(settings)
     children = [_fork(settings, worker) for worker in range(1, settings.workers)]
     try:
         _run_worker(settings, 0)

@@ -1,0 +1,440 @@
+# The gateway's telemetry: golden signals, a span per request, trace
+# propagation upstream, and access logs.
+#
+# Theory of operation
+# -------------------
+# `GatewayTelemetry` is called by the gateway at three points of a request:
+#
+#   begin(stream)        at the start: reads the client's trace context
+#                        (W3C traceparent/tracestate, else B3 single, else B3
+#                        multi), makes the gateway's SERVER span context (the
+#                        client's sampled flag kept; a new trace sampled at
+#                        `trace_sample_rate`) and makes the request current
+#                        (a context variable: the gateway reads it where it
+#                        builds the upstream request, without threading it
+#                        through every call);
+#   upstream(extra, drop, service, endpoint)
+#                        where the upstream request head is built: the
+#                        client's trace fields are dropped and replaced by the
+#                        gateway span's (`traceparent`, `tracestate`, and the
+#                        B3 form the client used, if it used B3), plus
+#                        `X-Crossway-Caller: gateway`; the chosen backend and
+#                        endpoint are noted for the span and the signals;
+#   finish(...)          in the handler's `finally`: one `Recorder.record`
+#                        (client side: service = backend, caller = "gateway",
+#                        route = route name), one span if sampled, one access
+#                        log line if the access log takes it.
+#
+# The hot path stays cheap: the gateway's own two clock reads are reused (a
+# span's wall-clock start is the monotonic start plus an offset taken once),
+# the recorder's cells are keyed by small tuples of strings already at hand,
+# and with the access log off nothing is formatted per request. The
+# recorder is pushed by a `StatsPusher`, the spans sent by a `SpanReporter`
+# (crossway.telemetry), both owned here and started after fork.
+#
+# Access log: JSON lines on stdout (see docs/gateway.md for the fields);
+# `off`, `full`, or `sample:R` — every 5xx or unanswered request, and a
+# share R of the others.
+#
+# Invariants
+# ----------
+# - Telemetry never raises into the request path and never changes the
+#   answer; a dead control plane costs dropped, counted data.
+# - The upstream request carries exactly one trace context, the gateway
+#   span's, when tracing is on; with tracing off the client's passes through.
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import sys
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO
+
+import msgspec
+
+from crossway.balance import Endpoint as Upstream
+from crossway.core.clock import Clock
+from crossway.core.errors import InvalidArgument
+from crossway.proxy.headers import Headers
+from crossway.proxy.stream import Stream
+from crossway.telemetry.signals.recorder import Recorder, StatsPusher
+from crossway.telemetry.tracecontext import (
+    TraceContext,
+    format_b3,
+    format_b3_multi,
+    format_tracestate,
+    parse_b3,
+    parse_b3_multi,
+    parse_traceparent,
+)
+from crossway.telemetry.traces.model import Endpoint
+from crossway.telemetry.traces.reporter import SpanReporter
+from crossway.telemetry.traces.spans import PEER_SERVICE, Sampler, server_span
+
+GATEWAY = "gateway"
+CALLER = b"x-crossway-caller"
+TRACE_FIELDS = frozenset(
+    {b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid"}
+    | {b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"}
+)
+UPSTREAM_TAG = "crossway.upstream"
+CLIENT_TAG = "client.address"
+_DROPPED = TRACE_FIELDS | {CALLER}
+
+
+class RequestTelemetry:
+    """What the gateway's telemetry knows about one request."""
+
+    __slots__ = ("b3", "ctx", "injected", "service", "upstream")
+
+    def __init__(self, ctx: TraceContext | None, b3: str) -> None:
+        self.ctx = ctx  # the gateway span's context; None with tracing off
+        self.b3 = b3  # "", "single" or "multi": the form the client sent
+        self.service = ""  # the backend service, once chosen
+        self.upstream: Upstream | None = None
+        self.injected = False  # the edits of a retry already carry the headers
+
+
+_CURRENT: ContextVar[RequestTelemetry | None] = ContextVar("crossway_gateway_request", default=None)
+
+
+def extract_fields(headers: Headers) -> tuple[TraceContext | None, str]:
+    """The client's trace context and which B3 form it used ("" for W3C or none)."""
+    found: dict[str, str] = {}
+    for name, value in headers:
+        if name in TRACE_FIELDS:
+            found[name.decode("latin-1")] = value.decode("latin-1")
+    if not found:
+        return None, ""
+    parent = found.get("traceparent")
+    if parent is not None:
+        ctx = parse_traceparent(parent, found.get("tracestate"))
+        if ctx is not None:
+            return ctx, ""
+    single = found.get("b3")
+    if single is not None:
+        ctx = parse_b3(single)
+        if ctx is not None:
+            return ctx, "single"
+    ctx = parse_b3_multi(found)
+    return ctx, "multi" if ctx is not None else ""
+
+
+# -- access log ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogMode:
+    """`off`, `full` or `sample:R` (0 < R ≤ 1)."""
+
+    rate: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0.0
+
+
+def parse_access_log(text: str) -> AccessLogMode:
+    """`off` | `full` | `sample:0.1`; `InvalidArgument` naming `access_log` otherwise."""
+    value = text.strip().lower()
+    if value in ("off", "none", ""):
+        return AccessLogMode(0.0)
+    if value in ("full", "on", "all"):
+        return AccessLogMode(1.0)
+    kind, _, rate = value.partition(":")
+    try:
+        share = float(rate)
+    except ValueError:
+        share = -1.0
+    if kind != "sample" or not 0.0 < share <= 1.0:
+        raise InvalidArgument(
+            f"access_log: {text!r} must be off, full or sample:R with 0 < R <= 1",
+            field="access_log",
+        )
+    return AccessLogMode(share)
+
+
+class AccessLog:
+    """JSON lines, one per logged request, written to a binary stream."""
+
+    def __init__(
+        self,
+        mode: AccessLogMode,
+        *,
+        sink: IO[bytes] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.mode = mode
+        self.lines = 0
+        self._sink = sink if sink is not None else sys.stdout.buffer
+        self._rand = rand
+        self._encode = msgspec.json.Encoder().encode
+
+    def wants(self, status: int) -> bool:
+        rate = self.mode.rate
+        return rate >= 1.0 or status >= 500 or status == 0 or self._rand() < rate
+
+    def write(self, entry: dict[str, object]) -> None:
+        try:
+            self._sink.write(self._encode(entry) + b"\n")
+            self.lines += 1
+        except (OSError, ValueError):
+            pass  # a closed or broken stdout must not fail requests
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._sink.flush()
+
+
+# -- the gateway's telemetry -------------------------------------------------------------
+
+
+class GatewayTelemetry:
+    """See the module header. Any part may be absent: `recorder`/`pusher`
+    (no golden signals), `reporter` (no tracing), `access_log`."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        recorder: Recorder | None = None,
+        pusher: StatsPusher | None = None,
+        reporter: SpanReporter | None = None,
+        sampler: Sampler | None = None,
+        access_log: AccessLog | None = None,
+        name: str = GATEWAY,
+    ) -> None:
+        self.recorder = recorder
+        self.pusher = pusher
+        self.reporter = reporter
+        self.sampler = sampler or Sampler()
+        self.access_log = access_log
+        self.name = name
+        self._caller = name.encode("latin-1")
+        self._local = Endpoint(service_name=name)
+        # Spans need wall-clock times; the gateway reads a monotonic clock.
+        self._wall_offset = clock.wall() - clock.now()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start pushing, sending and flushing the access log (after fork)."""
+        if self.pusher is not None:
+            await self.pusher.start()
+        if self.reporter is not None:
+            await self.reporter.start()
+        if self.access_log is not None and self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every_second())
+
+    async def _flush_every_second(self) -> None:
+        assert self.access_log is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self.access_log.flush()
+
+    async def aclose(self) -> None:
+        """Push and send what is left (bounded), flush the access log."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        try:
+            if self.pusher is not None:
+                await self.pusher.aclose()
+        finally:
+            if self.reporter is not None:
+                await self.reporter.aclose()
+            if self.access_log is not None:
+                self.access_log.flush()
+
+    # -- per request -------------------------------------------------------------------
+
+    def begin(self, stream: Stream) -> Token[RequestTelemetry | None]:
+        ctx: TraceContext | None = None
+        b3 = ""
+        if self.reporter is not None:
+            parent, b3 = extract_fields(stream.head.headers)
+            ctx = self.sampler.context_for(parent)
+        return _CURRENT.set(RequestTelemetry(ctx, b3))
+
+    def upstream(
+        self, extra: Headers, drop: frozenset[bytes], service: str, endpoint: Upstream
+    ) -> tuple[Headers, frozenset[bytes]]:
+        """The header edits for an attempt to `endpoint` of `service`, with
+        this request's trace context and the caller added."""
+        request = _CURRENT.get()
+        if request is None:
+            return extra, drop
+        request.service = service
+        request.upstream = endpoint
+        if request.injected:
+            return extra, drop
+        request.injected = True
+        added = [*extra, (CALLER, self._caller)]
+        ctx = request.ctx
+        if ctx is None:
+            return added, drop | {CALLER}
+        added.append((b"traceparent", ctx.traceparent().encode("latin-1")))
+        if ctx.tracestate:
+            added.append((b"tracestate", format_tracestate(ctx.tracestate).encode("latin-1")))
+        if request.b3 == "single":
+            added.append((b"b3", format_b3(ctx).encode("latin-1")))
+        elif request.b3 == "multi":
+            added.extend((n.encode(), v.encode()) for n, v in format_b3_multi(ctx).items())
+        return added, drop | _DROPPED
+
+    def finish(
+        self,
+        token: Token[RequestTelemetry | None],
+        stream: Stream,
+        route: str,
+        status: int,
+        started: float,
+        ended: float,
+    ) -> None:
+        request = _CURRENT.get()
+        _CURRENT.reset(token)
+        if request is None:
+            return
+        seconds = ended - started
+        method = stream.head.method.decode("latin-1")
+        if self.recorder is not None and request.service:
+            self.recorder.record(route, method, status, seconds, service=request.service)
+        ctx = request.ctx
+        if ctx is not None and ctx.sampled and self.reporter is not None:
+            self._span(ctx, request, stream, method, route, status, started, seconds)
+        log = self.access_log
+        if log is not None and log.wants(status):
+            log.write(self._entry(request, stream, method, route, status, started, seconds))
+
+    def _span(
+        self,
+        ctx: TraceContext,
+        request: RequestTelemetry,
+        stream: Stream,
+        method: str,
+        route: str,
+        status: int,
+        started: float,
+        seconds: float,
+    ) -> None:
+        assert self.reporter is not None
+        head = stream.head
+        tags = {CLIENT_TAG: stream.peer.address}
+        if request.service:
+            tags[PEER_SERVICE] = request.service
+        if request.upstream is not None:
+            tags[UPSTREAM_TAG] = f"{request.upstream.address}:{request.upstream.port}"
+        span = server_span(
+            ctx,
+            local=self._local,
+            method=method,
+            path=head.target.split(b"?", 1)[0].decode("latin-1"),
+            route=route or None,
+            status=status,
+            start_us=int((started + self._wall_offset) * 1_000_000),
+            duration_us=int(seconds * 1_000_000),
+            server_address=head.host.decode("latin-1") if head.host else None,
+            tags=tags,
+        )
+        self.reporter.record(span)
+
+    def _entry(
+        self,
+        request: RequestTelemetry,
+        stream: Stream,
+        method: str,
+        route: str,
+        status: int,
+        started: float,
+        seconds: float,
+    ) -> dict[str, object]:
+        head = stream.head
+        upstream = request.upstream
+        ctx = request.ctx
+        when = datetime.fromtimestamp(started + self._wall_offset, UTC)
+        return {
+            "ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "client": stream.peer.address,
+            "method": method,
+            "host": head.host.decode("latin-1") if head.host else None,
+            "path": head.target.decode("latin-1"),
+            "route": route or None,
+            "service": request.service or None,
+            "upstream": f"{upstream.address}:{upstream.port}" if upstream is not None else None,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "trace_id": ctx.trace_id if ctx is not None else None,
+            "span_id": ctx.span_id if ctx is not None else None,
+            "user_agent": _header(head.headers, b"user-agent"),
+        }
+
+
+def _header(headers: Headers, name: bytes) -> str | None:
+    for field_name, value in headers:
+        if field_name == name:
+            return value.decode("latin-1")
+    return None
+
+
+# -- building it for a gateway process ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetrySettings:
+    """What `crossway gateway` says about telemetry."""
+
+    control_plane: str | None = None
+    token: str | None = None
+    enabled: bool = True
+    """Golden signals and spans to the control plane (needs `control_plane`)."""
+    stats_interval: float = 10.0
+    trace_sample_rate: float = 1.0
+    access_log: AccessLogMode = AccessLogMode()
+    instance: str = ""
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.stats_interval <= 60.0:
+            raise InvalidArgument(
+                "stats_interval must be between 1s and 60s", field="stats_interval"
+            )
+        if not 0.0 <= self.trace_sample_rate <= 1.0:
+            raise InvalidArgument(
+                "trace_sample_rate must be between 0 and 1", field="trace_sample_rate"
+            )
+
+
+def build_telemetry(settings: TelemetrySettings, *, clock: Clock) -> GatewayTelemetry | None:
+    """The gateway's telemetry for `settings`; None when there is nothing to do."""
+    to_control_plane = settings.enabled and settings.control_plane is not None
+    access_log = AccessLog(settings.access_log) if settings.access_log.enabled else None
+    if not to_control_plane and access_log is None:
+        return None
+    recorder = pusher = reporter = None
+    if to_control_plane:
+        assert settings.control_plane is not None
+        recorder = Recorder(GATEWAY, instance=settings.instance, side="client")
+        pusher = StatsPusher(
+            recorder, settings.control_plane, interval=settings.stats_interval, token=settings.token
+        )
+        reporter = SpanReporter(settings.control_plane, token=settings.token)
+    return GatewayTelemetry(
+        clock=clock,
+        recorder=recorder,
+        pusher=pusher,
+        reporter=reporter,
+        sampler=Sampler(settings.trace_sample_rate),
+        access_log=access_log,
+    )
+
+
+def instance_name() -> str:
+    """`gateway-<host>-<pid>`: which gateway process pushed (one per worker)."""
+    host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+    return f"{GATEWAY}-{host.strip('-._') or 'host'}-{os.getpid()}"[:128]

@@ -1,0 +1,282 @@
+"""The gateway's telemetry: trace propagation upstream, its SERVER span,
+client-side golden signals and access logs, on a real gateway on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx2
+import pytest
+
+from crossway.balance import Endpoint
+from crossway.core.clock import SystemClock
+from crossway.core.errors import InvalidArgument
+from crossway.proxy.clusters import Clusters
+from crossway.proxy.gateway import Gateway
+from crossway.proxy.routes.config import GatewayConfig
+from crossway.proxy.routes.model import decode_route
+from crossway.proxy.server import ProxyServer
+from crossway.proxy.telemetry import (
+    AccessLog,
+    AccessLogMode,
+    GatewayTelemetry,
+    TelemetrySettings,
+    build_telemetry,
+    extract_fields,
+    parse_access_log,
+)
+from crossway.proxy.upstream import UpstreamPool
+from crossway.telemetry.signals.recorder import Recorder
+from crossway.telemetry.tracecontext import parse_traceparent
+from crossway.telemetry.traces.model import Span
+from crossway.telemetry.traces.reporter import SpanReporter
+from crossway.telemetry.traces.spans import Sampler
+from crossway.telemetry.traces.zipkin import decode_spans
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+ROUTE = {"match": {"path_prefix": "/shop"}, "backends": [{"service": "shop"}]}
+
+
+@dataclass
+class Upstream:
+    """A loopback upstream that answers 200 (or ?status=N) and keeps each head."""
+
+    port: int = 0
+    heads: list[dict[str, str]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def upstream() -> AsyncIterator[Upstream]:
+    found = Upstream()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                raw = await reader.readuntil(b"\r\n\r\n")
+                lines = raw.decode("latin-1").split("\r\n")
+                found.heads.append(
+                    {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+                )
+                status = (
+                    lines[0].split("status=")[1].split(" ")[0] if "status=" in lines[0] else "200"
+                )
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok".encode())
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    found.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield found
+    finally:
+        server.close()
+
+
+class ControlPlane:
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def handle(self, request: httpx2.Request) -> httpx2.Response:
+        self.spans.extend(decode_spans(request.content))
+        return httpx2.Response(202)
+
+
+@dataclass
+class Rig:
+    http: httpx2.AsyncClient
+    upstream: Upstream
+    telemetry: GatewayTelemetry
+    recorder: Recorder
+    cp: ControlPlane
+    log: io.BytesIO
+
+    async def spans(self) -> list[Span]:
+        assert self.telemetry.reporter is not None
+        await self.telemetry.reporter.flush()
+        return self.cp.spans
+
+    def access_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log.getvalue().splitlines()]
+
+
+@contextlib.asynccontextmanager
+async def rig(
+    *, sampler: Sampler | None = None, log: AccessLogMode | None = None
+) -> AsyncIterator[Rig]:
+    cp = ControlPlane()
+    recorder = Recorder("gateway", side="client")
+    reporter = SpanReporter(
+        "http://cp", client=httpx2.AsyncClient(transport=httpx2.MockTransport(cp.handle))
+    )
+    sink = io.BytesIO()
+    clock = SystemClock()
+    telemetry = GatewayTelemetry(
+        clock=clock,
+        recorder=recorder,
+        reporter=reporter,
+        sampler=sampler,
+        access_log=AccessLog(log or AccessLogMode(1.0), sink=sink, rand=lambda: 0.5),
+    )
+    config = GatewayConfig({"shop-route": decode_route(json.dumps(ROUTE))}, "1")
+    async with upstream() as up:
+        clusters = Clusters(clock=clock)
+        clusters.update("shop", [Endpoint("shop-1", "127.0.0.1", up.port)])
+        gw = Gateway(config, clusters=clusters, pool=UpstreamPool(), telemetry=telemetry)
+        server = ProxyServer(gw)
+        port = await server.start("127.0.0.1", 0)
+        try:
+            async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                yield Rig(http, up, telemetry, recorder, cp, sink)
+        finally:
+            await server.stop()
+            gw.pool.close()
+
+
+async def test_the_upstream_continues_the_clients_trace_under_the_gateway_span() -> None:
+    async with rig() as r:
+        headers = {"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01", "tracestate": "k=v"}
+        response = await r.http.get("/shop/items?x=1", headers=headers)
+        assert response.status_code == 200
+        [span] = await r.spans()
+    [head] = r.upstream.heads
+    sent = parse_traceparent(head["traceparent"], head.get("tracestate"))
+    assert sent is not None
+    assert sent.trace_id == TRACE_ID
+    assert sent.span_id == span.id  # the service's server span will be the gateway span's child
+    assert sent.tracestate == (("k", "v"),)
+    assert head["x-crossway-caller"] == "gateway"
+    assert span.parent_id == CLIENT_SPAN
+    assert span.kind == "SERVER"
+    assert span.service == "gateway"
+    assert span.tags["http.route"] == "shop-route"
+    assert span.tags["url.path"] == "/shop/items"
+    assert span.tags["peer.service"] == "shop"
+    assert span.tags["crossway.upstream"] == f"127.0.0.1:{r.upstream.port}"
+    assert span.tags["http.response.status_code"] == "200"
+    push = r.recorder.snapshot()
+    assert push is not None
+    assert push.side == "client"
+    [series] = push.series
+    assert (series.service, series.caller, series.route, series.count) == (
+        "shop",
+        "gateway",
+        "shop-route",
+        1,
+    )
+
+
+async def test_a_request_without_context_starts_a_trace_and_b3_is_answered_in_kind() -> None:
+    async with rig() as r:
+        await r.http.get("/shop/a")
+        await r.http.get("/shop/b", headers={"b3": f"{TRACE_ID}-{CLIENT_SPAN}-1"})
+        multi = {"X-B3-TraceId": TRACE_ID, "X-B3-SpanId": CLIENT_SPAN, "X-B3-Sampled": "1"}
+        await r.http.get("/shop/c", headers=multi)
+        spans = {s.tags["url.path"]: s for s in await r.spans()}
+    plain, single, multi_head = r.upstream.heads
+    root = spans["/shop/a"]
+    assert root.parent_id is None
+    assert plain["traceparent"] == f"00-{root.trace_id}-{root.id}-03"
+    assert "b3" not in plain
+    b3_span = spans["/shop/b"]
+    assert b3_span.parent_id == CLIENT_SPAN
+    assert single["b3"] == f"{TRACE_ID}-{b3_span.id}-1-{CLIENT_SPAN}"
+    assert single["traceparent"] == f"00-{TRACE_ID}-{b3_span.id}-01"
+    m_span = spans["/shop/c"]
+    assert multi_head["x-b3-spanid"] == m_span.id
+    assert multi_head["x-b3-parentspanid"] == CLIENT_SPAN
+    assert multi_head["x-b3-traceid"] == TRACE_ID
+
+
+async def test_an_unsampled_request_passes_its_decision_on_and_records_no_span() -> None:
+    async with rig(sampler=Sampler(1.0)) as r:
+        await r.http.get("/shop/x", headers={"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-00"})
+        assert await r.spans() == []
+    [head] = r.upstream.heads
+    assert head["traceparent"].endswith("-00")
+    assert r.recorder.snapshot() is not None  # still counted
+
+
+async def test_unrouted_requests_get_a_span_but_no_golden_signals() -> None:
+    async with rig() as r:
+        assert (await r.http.get("/nowhere")).status_code == 404
+        [span] = await r.spans()
+    assert "peer.service" not in span.tags
+    assert span.tags["http.response.status_code"] == "404"
+    assert r.recorder.snapshot() is None
+
+
+async def test_the_access_log_writes_one_json_line_per_request() -> None:
+    async with rig() as r:
+        await r.http.get("/shop/items?page=2", headers={"user-agent": "probe/1"})
+        await r.http.get("/nowhere")
+    first, second = r.access_lines()
+    assert first["method"] == "GET"
+    assert first["path"] == "/shop/items?page=2"
+    assert first["route"] == "shop-route"
+    assert first["service"] == "shop"
+    assert first["upstream"] == f"127.0.0.1:{r.upstream.port}"
+    assert first["status"] == 200
+    assert first["user_agent"] == "probe/1"
+    assert first["client"] == "127.0.0.1"
+    assert isinstance(first["duration_ms"], float)
+    assert str(first["ts"]).endswith("Z")
+    assert len(str(first["trace_id"])) == 32
+    assert (second["status"], second["route"], second["upstream"]) == (404, None, None)
+
+
+async def test_a_sampled_access_log_keeps_every_failure() -> None:
+    async with rig(log=AccessLogMode(0.1)) as r:  # the rig's draws are 0.5: kept only if failed
+        for _ in range(3):
+            await r.http.get("/shop/ok")
+        await r.http.get("/shop/fail?status=503")
+    [line] = r.access_lines()
+    assert line["status"] == 503
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"), [("off", 0.0), ("full", 1.0), ("sample:0.25", 0.25), ("FULL", 1.0)]
+)
+def test_access_log_modes(text: str, rate: float) -> None:
+    assert parse_access_log(text).rate == rate
+
+
+@pytest.mark.parametrize("text", ["sample", "sample:0", "sample:2", "sample:x", "some"])
+def test_bad_access_log_modes_name_the_setting(text: str) -> None:
+    with pytest.raises(InvalidArgument, match="access_log"):
+        parse_access_log(text)
+
+
+def test_trace_fields_are_read_w3c_first_then_b3() -> None:
+    w3c = [(b"traceparent", f"00-{TRACE_ID}-{CLIENT_SPAN}-01".encode()), (b"b3", b"0")]
+    ctx, kind = extract_fields(w3c)
+    assert ctx is not None
+    assert (ctx.span_id, kind) == (CLIENT_SPAN, "")
+    ctx, kind = extract_fields([(b"b3", f"{TRACE_ID}-{CLIENT_SPAN}".encode())])
+    assert ctx is not None
+    assert kind == "single"
+    assert extract_fields([(b"host", b"x")]) == (None, "")
+    assert extract_fields([(b"b3", b"garbage")]) == (None, "")
+
+
+def test_build_telemetry_needs_something_to_do_and_checks_its_settings() -> None:
+    clock = SystemClock()
+    assert build_telemetry(TelemetrySettings(), clock=clock) is None
+    assert (
+        build_telemetry(TelemetrySettings(control_plane="http://cp", enabled=False), clock=clock)
+        is None
+    )
+    on = build_telemetry(TelemetrySettings(control_plane="http://cp"), clock=clock)
+    assert on is not None
+    assert on.reporter is not None
+    assert on.recorder is not None
+    logs_only = build_telemetry(TelemetrySettings(access_log=AccessLogMode(1.0)), clock=clock)
+    assert logs_only is not None
+    assert logs_only.reporter is None
+    with pytest.raises(InvalidArgument, match="stats_interval"):
+        TelemetrySettings(stats_interval=0.5)
