@@ -342,9 +342,8 @@ async def test_demo_shop_end_to_end(demo: Demo) -> None:
 
         # 2. 1,000 requests through the gateway.
         warm = await drive(shop, 1_000, order_share=0.2)
-        print(
-            f"1,000 requests: {warm.summary()}; inventory versions {dict(warm.inventory_versions)}"
-        )
+        versions = warm.inventory_versions
+        print(f"1,000 requests: {warm.summary()}; inventory versions {dict(versions)}")
         assert warm.total == 1_000
         assert warm.success_rate >= 0.99, warm.failures
         assert versions["v1"] > versions["v2"] > 0, f"no 90/10 canary split: {dict(versions)}"
