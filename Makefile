@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP) dashboard
-	$(BIN)/crossway server
+	$(BIN)/crossway up --demo
 
 test: $(STAMP) dashboard
 	scripts/ensure-etcd
