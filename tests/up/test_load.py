@@ -210,3 +210,35 @@ def test_the_committed_json_schema_is_up_to_date() -> None:
     schema = json.loads(SCHEMA_FILE.read_text())
     assert schema["required"] == ["version", "services"]
     assert "replicas" in schema["$defs"]["ServiceSpec"]["properties"]
+
+
+def test_routes_and_policies_are_checked_as_the_control_plane_checks_them() -> None:
+    found = problems("""\
+        version: 1
+        services:
+          web:
+            command: web
+        routes:
+          shop:
+            match: {path_prefix: /}
+            backends:
+              - {service: web, weight: heavy}
+        policies:
+          web:
+            retries: {attempts: -1}
+          orders:
+            nope: 1
+        """)
+    assert found == [
+        "crossway.yaml:9:32: routes.shop.backends[0].weight: expected `int`, got `str`",
+        "crossway.yaml:12:25: policies.web.retries.attempts: must be between 1 and 10, got -1",
+        "crossway.yaml:14:11: policies.orders.nope: unknown field `nope`",
+    ]
+
+
+def test_the_demo_shop_file_loads() -> None:
+    demo = Path(__file__).resolve().parents[2] / "examples" / "shop" / "crossway.yaml"
+    if not demo.is_file():
+        pytest.skip("no examples/shop in this checkout")
+    spec = load_file(demo)
+    assert {"web", "orders", "inventory", "payments"} <= set(spec.services)

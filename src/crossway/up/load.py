@@ -18,7 +18,9 @@ Theory of operation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from crossway.core.errors import CrosswayError
+from crossway.core.errors import CrosswayError, InvalidArgument
 from crossway.up.spec import RESERVED_NAMES, SERVICE_NAME, UpFile
 
 PathPart = str | int
@@ -115,11 +117,55 @@ def semantic_problems(spec: UpFile, folder: Path | None) -> list[tuple[list[Path
             (["services", cycle[0], "depends_on"], "dependency cycle: " + " -> ".join(cycle))
         )
     problems.extend(_port_problems(spec, names))
+    problems.extend(document_problems(spec))
     if folder is not None:
         for i, seed in enumerate(spec.config):
             if seed.file is not None and not (folder / seed.file).is_file():
                 problems.append((["config", i, "file"], f"no such file: {seed.file}"))
     return problems
+
+
+def document_problems(spec: UpFile) -> list[tuple[list[PathPart], str]]:
+    """Routes and policies checked as the control plane will check them on PUT,
+    so a mistake is reported with its line before anything starts."""
+    from crossway.proxy.routes.model import check_route_name, route_from_object
+    from crossway.traffic.policy import decode_policy
+
+    problems: list[tuple[list[PathPart], str]] = []
+    for name, route in spec.routes.items():
+        problems.extend(_document(["routes", name], route_from_object, route))
+        problems.extend(_document(["routes", name], check_route_name, name))
+    for name, policy in spec.policies.items():
+        problems.extend(_document(["policies", name], decode_policy, json.dumps(policy)))
+    return problems
+
+
+def _document(
+    where: list[PathPart], check: Callable[[Any], object], value: Any
+) -> list[tuple[list[PathPart], str]]:
+    try:
+        check(value)
+    except InvalidArgument as exc:
+        field = str(exc.details.get("field", "$"))
+        message = _AT_SUFFIX.sub("", exc.message)
+        for prefix in (field.removeprefix("$."), field.removeprefix("$"), "name"):
+            message = message.removeprefix(f"{prefix}: ")
+        message = message.replace("Object contains unknown field", "unknown field")
+        message = message[:1].lower() + message[1:]
+        return [([*where, *json_path_parts(field)], message)]
+    return []
+
+
+_AT_SUFFIX = re.compile(r" - at `\$[^`]*`$")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def json_path_parts(path: str) -> list[PathPart]:
+    """`$.backends[1].weight` -> ["backends", 1, "weight"]."""
+    parts: list[PathPart] = []
+    for match in _PATH_PART.finditer(path.removeprefix("$")):
+        parts.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+    return parts
 
 
 def _port_problems(spec: UpFile, names: list[str]) -> list[tuple[list[PathPart], str]]:
