@@ -56,7 +56,12 @@ async def test_requests_are_counted_by_route_template(
 ) -> None:
     for i in range(20):
         assert (await api.get(f"/v1/test/items/{i}")).status_code == 200
-    labels = {"method": "GET", "route": "/v1/test/items/{item}", "status_class": "2xx"}
+    labels = {
+        "service": "crossway-control-plane",
+        "method": "GET",
+        "route": "/v1/test/items/{item}",
+        "status_class": "2xx",
+    }
     assert _sample(vctx, "http_server_requests_total", **labels) == 20
     series = [
         s.labels["route"]
@@ -73,7 +78,12 @@ async def test_latency_is_measured_on_the_context_clock(
 ) -> None:
     await api.get("/v1/test/items/a")
     await api.get("/v1/test/items/b")
-    labels = {"method": "GET", "route": "/v1/test/items/{item}"}
+    labels = {
+        "service": "crossway-control-plane",
+        "method": "GET",
+        "route": "/v1/test/items/{item}",
+        "status_class": "2xx",
+    }
     assert _sample(vctx, "http_server_request_duration_seconds_sum", **labels) == pytest.approx(0.5)
     assert _sample(vctx, "http_server_request_duration_seconds_bucket", le="0.25", **labels) == 2
     assert _sample(vctx, "http_server_request_duration_seconds_bucket", le="0.1", **labels) == 0
@@ -88,7 +98,12 @@ async def test_unmatched_paths_and_odd_methods_do_not_grow_cardinality(
     await api.request("BREW", "/v1/test/items/1")
     assert (
         _sample(
-            vctx, "http_server_requests_total", method="GET", route="unmatched", status_class="4xx"
+            vctx,
+            "http_server_requests_total",
+            service="crossway-control-plane",
+            method="GET",
+            route="unmatched",
+            status_class="4xx",
         )
         == 4
     )
@@ -96,6 +111,7 @@ async def test_unmatched_paths_and_odd_methods_do_not_grow_cardinality(
         _sample(
             vctx,
             "http_server_requests_total",
+            service="crossway-control-plane",
             method="other",
             route="/v1/test/items/{item}",
             status_class="4xx",
@@ -110,7 +126,8 @@ async def test_metrics_endpoint_shows_the_counters(api: httpx2.AsyncClient) -> N
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     assert (
-        'http_server_requests_total{method="GET",route="/healthz",status_class="2xx"} 1.0' in r.text
+        'http_server_requests_total{method="GET",route="/healthz",'
+        'service="crossway-control-plane",status_class="2xx"} 1.0' in r.text
     )
     assert "http_server_request_duration_seconds_bucket" in r.text
 

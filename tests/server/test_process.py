@@ -66,12 +66,19 @@ def test_probes_metrics_and_json_errors(
         assert malformed.status_code == 405
         assert malformed.json()["error"]["code"] == "method_not_allowed"
         metrics = http.get("/metrics").text
-    assert 'http_server_requests_total{method="GET",route="/healthz",status_class="2xx"}' in metrics
+    cp = 'service="crossway-control-plane"'
     assert (
-        'http_server_requests_total{method="GET",route="unmatched",status_class="4xx"} 1.0'
+        f'http_server_requests_total{{method="GET",route="/healthz",{cp},status_class="2xx"}}'
+        in (metrics)
+    )
+    assert (
+        f'http_server_requests_total{{method="GET",route="unmatched",{cp},status_class="4xx"}} 1.0'
         in metrics
     )
-    assert 'http_server_request_duration_seconds_count{method="GET",route="/readyz"} 1.0' in metrics
+    assert (
+        f'http_server_request_duration_seconds_count{{method="GET",route="/readyz",{cp},'
+        'status_class="2xx"} 1.0' in metrics
+    )
     assert "process_cpu_seconds_total" in metrics
     if store == "sqlite":
         assert (tmp_path / "data" / "store.db").exists()

@@ -9,9 +9,10 @@ The stack, outermost first (see `crossway.server.app`):
     RequestObserver → ErrorBoundary → BearerAuth → Starlette router
 
 - `RequestObserver` sees every answer, errors and 401s included. It counts
-  `http_server_requests_total{method,route,status_class}` and times
-  `http_server_request_duration_seconds{method,route}`, and writes one access
-  log line per request. `route` is the matched route *template*
+  `http_server_requests_total` and times `http_server_request_duration_seconds`,
+  both labelled `{service,route,method,status_class}` as every Crossway
+  process labels them (`service` is `crossway-control-plane`), and writes one
+  access log line per request. `route` is the matched route *template*
   (`/v1/services/{service}`), never the raw path, and methods outside the
   standard set count as `other`, so label cardinality is bounded whatever
   clients send. Requests that never reached a route (404s, and requests
@@ -27,9 +28,8 @@ The stack, outermost first (see `crossway.server.app`):
   thousands of requests a second a line per read or renewal would cost more
   than answering them, and would drown the lines that matter.
   Names, bucket bounds and label helpers come from `crossway.telemetry.metrics`
-  (the conventions every Crossway process follows). The control plane is one
-  service, so its series carry no `service` label: Prometheus' `job` label
-  names it.
+  (the conventions every Crossway process follows), so one query or
+  dashboard covers the control plane beside the services.
 - `BearerAuth` lets `/healthz` and `/readyz` through and wants
   `Authorization: Bearer <token>` on everything else. Both tokens are hashed
   before `hmac.compare_digest`, so neither the content nor the length of the
@@ -54,6 +54,7 @@ from crossway.telemetry.metrics import (
     HTTP_SERVER_IN_FLIGHT,
     HTTP_SERVER_REQUESTS,
     LATENCY_BUCKETS,
+    SERVER_LABELS,
     UNMATCHED,
     method_label,
     status_class,
@@ -64,6 +65,8 @@ from crossway.telemetry.metrics import (
 
 access_log = logging.getLogger("crossway.access")
 
+SERVICE = "crossway-control-plane"
+"""The control plane's `service` label value."""
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -71,17 +74,18 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 class HttpMetrics:
     """The server's own request metrics, registered on one registry."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, service: str = SERVICE) -> None:
+        self.service = service
         self.requests = Counter(
             HTTP_SERVER_REQUESTS,
-            "HTTP requests answered, by method, route template and status class.",
-            ["method", "route", "status_class"],
+            "HTTP requests answered, by service, route template, method and status class.",
+            SERVER_LABELS,
             registry=registry,
         )
         self.duration = Histogram(
             HTTP_SERVER_DURATION,
             "Time from request start to the end of the response, by route template.",
-            ["method", "route"],
+            SERVER_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -102,10 +106,8 @@ class HttpMetrics:
         key = (method, route, status)
         children = self._children.get(key)
         if children is None:
-            children = (
-                self.requests.labels(method, route, status_class(status)),
-                self.duration.labels(method, route),
-            )
+            labels = (self.service, route, method, status_class(status))
+            children = (self.requests.labels(*labels), self.duration.labels(*labels))
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
