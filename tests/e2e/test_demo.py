@@ -7,7 +7,9 @@ services (examples/shop/) on loopback:
 1. start it from an empty folder and time how long until the gateway serves
    the shop's home page (printed: the target is under 10 s);
 2. drive 1,000 requests through the gateway (20 at a time): they succeed,
-   and the stock widget's route shows the 90/10 canary split;
+   and the stock widget's route shows the 90/10 canary split; an order form
+   sent twice makes one order; the cleanup job runs on the elected orders
+   replica only;
 3. golden signals (`GET /v1/stats`) and traces (`GET /api/v2/services`)
    appear for web, orders, inventory and payments — pushed by the SDK inside
    the services (`CROSSWAY_STATS_INTERVAL=2s` so this takes seconds, not 10);
@@ -316,6 +318,39 @@ async def roll_orders(http: httpx2.AsyncClient, demo: Demo) -> list[str]:
     pytest.fail(f"orders was not rolled in {RESTART_BOUND:g}s: {current}\n{demo.log_tail()}")
 
 
+async def check_leader_job(http: httpx2.AsyncClient, demo: Demo) -> str:
+    """Exactly one orders replica — the elected leader — runs the cleanup job."""
+    orders = {p["instance_id"] for p in await processes(http, demo) if p["service"] == "orders"}
+    deadline = time.monotonic() + 30.0
+    runners: set[str] = set()
+    leader: str | None = None
+    while time.monotonic() < deadline:
+        elected = (await http.get(f"{demo.control}/v1/elections/job.orders-cleanup/leader")).json()
+        leader = (elected.get("leader") or {}).get("value")
+        logs = await http.get(f"{demo.control}/v1/processes/orders/logs", params={"tail": 500})
+        runners = {
+            line.split("leader ", 1)[1].split()[0]
+            for line in logs.text.splitlines()
+            if " ran cleanup" in line
+        }
+        if leader and runners:
+            break
+        await asyncio.sleep(1.0)
+    assert leader is not None, "nobody leads the cleanup job (election job.orders-cleanup)"
+    assert leader in orders, f"the cleanup job's leader {leader!r} is not an orders replica"
+    assert runners == {leader}, f"cleanup ran on {sorted(runners)}, the leader is {leader}"
+    return leader
+
+
+async def check_idempotent_order(shop: httpx2.AsyncClient) -> None:
+    """The same order form sent twice makes one order."""
+    form = {"item_id": "2", "quantity": "1", "key": str(uuid.uuid4())}
+    first = await shop.post("/order", data=form)
+    again = await shop.post("/order", data=form)
+    assert first.status_code == again.status_code == 303, (first.text[:300], again.text[:300])
+    assert first.headers["location"] == again.headers["location"]
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -347,6 +382,10 @@ async def test_demo_shop_end_to_end(demo: Demo) -> None:
         assert warm.total == 1_000
         assert warm.success_rate >= 0.99, warm.failures
         assert versions["v1"] > versions["v2"] > 0, f"no 90/10 canary split: {dict(versions)}"
+
+        await check_idempotent_order(shop)
+        leader = await check_leader_job(control, demo)
+        print(f"the cleanup job runs on the leader only: {leader}")
 
         # 3. Golden signals and traces of all four services.
         await wait_for_signals(control, demo)
