@@ -38,7 +38,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from shopkit import SharedDb, configure_logging, install_error_handler
+from shopkit import SharedDb, configure_logging, error, install_error_handler
 
 import crossway
 from crossway.core.errors import CrosswayError
@@ -168,8 +168,7 @@ async def place(
     )
     if not created:  # a retry, or the same form sent twice: answer as the first time did
         if order["status"] == "failed":
-            error = {"code": "order_failed", "message": order["detail"]}
-            return JSONResponse({"error": error, "order": order}, status_code=502)
+            return error(502, "order_failed", order["detail"], order=order)
         response.status_code = 200
         return order
     order_id = order["id"]
@@ -238,8 +237,7 @@ async def fail(order_id: str, exc: CrosswayError, *, release: bool) -> JSONRespo
             log.warning("order %s: stock not released: %s", order_id, release_error)
     order = await db.run(lambda conn: settle(conn, order_id, "failed", exc.message))
     log.warning("order %s failed: %s", order_id, exc.message)
-    error = {"code": exc.code, "message": exc.message}
-    return JSONResponse({"error": error, "order": order}, status_code=exc.status)
+    return error(exc.status, exc.code, exc.message, order=order)
 
 
 # -- reading orders ----------------------------------------------------------------------

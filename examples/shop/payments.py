@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from shopkit import SharedDb, configure_logging, install_error_handler
+from shopkit import SharedDb, configure_logging, error, install_error_handler
 
 import crossway
 
@@ -78,8 +78,7 @@ def announce(old: PaymentSettings, new: PaymentSettings) -> None:
 
 
 def failure(why: str) -> JSONResponse:
-    message = f"{client.instance_id} refused the charge: {why}"
-    return JSONResponse({"error": {"code": "payment_failed", "message": message}}, 500)
+    return error(500, "payment_failed", f"{client.instance_id} refused the charge: {why}")
 
 
 @app.post("/charges", status_code=201, response_model=None)

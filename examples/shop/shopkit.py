@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossway.core.errors import CrosswayError
 
@@ -98,17 +100,38 @@ class SharedDb:
                 self._conn = None
 
 
+CODES = {400: "invalid_argument", 404: "not_found", 409: "conflict", 422: "invalid_argument"}
+
+
+def error(status: int, code: str, message: str, **extra: object) -> JSONResponse:
+    """Crossway's error shape: `{"error": {"code", "message", ...}}`."""
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status)
+
+
 def install_error_handler(app: FastAPI) -> None:
-    """Answer the SDK's errors (no instance, breaker open, a callee's error
-    status, deadline) as Crossway's JSON error with their status, never a
-    traceback page."""
+    """Answer every error in Crossway's JSON shape, never a traceback page:
+    the SDK's (no instance, breaker open, a callee's error status, deadline)
+    with their status, FastAPI's own (404, a body that does not validate)
+    with theirs."""
 
     async def crossway_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CrosswayError)
         logging.getLogger("shop").warning("%s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+        return error(exc.status, exc.code, exc.message)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return error(exc.status_code, CODES.get(exc.status_code, "error"), str(exc.detail))
+
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(part) for part in first["loc"])
+        return error(422, "invalid_argument", f"{field}: {first['msg']}", field=field)
 
     app.add_exception_handler(CrosswayError, crossway_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
 
 def money(cents: int) -> str:

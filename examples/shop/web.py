@@ -192,8 +192,11 @@ async def healthz() -> dict[str, str]:
 async def callee_failed(request: Request, exc: Exception) -> HTMLResponse:
     """A page for a failed call to orders (or below it), with its status."""
     assert isinstance(exc, CrosswayError)
+    # A 4xx from orders is the visitor's to fix (a quantity out of range, an
+    # unknown product): show it as such, not as a failure of the shop.
+    status = exc.status_code if isinstance(exc, crossway.ClientError) else exc.status
     body = f"<h2>Sorry, that did not work</h2><p>{escape(exc.message)}</p>"
-    return page("Error", body, status=exc.status)
+    return page("Error", body, status=status)
 
 
 # -- layout ------------------------------------------------------------------------------
