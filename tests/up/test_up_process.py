@@ -23,7 +23,7 @@ import pytest
 
 from crossway.testing.services import free_port, port_open
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 TINY = Path(__file__).with_name("tiny_service.py")
 CLI = [sys.executable, "-m", "crossway.cli.main"]
@@ -242,6 +242,23 @@ def test_logs_prints_the_last_lines(up: Up) -> None:
     assert 1 <= len(lines) <= 5
     assert all(line.split(" | ")[0] in {"1", "2", "3", "crossway"} for line in lines)
     assert (up.folder / ".crossway" / "logs" / "tiny.log").read_text().count(" | ") >= 2
+
+
+def test_logs_follow_prints_new_lines_as_they_come(up: Up) -> None:
+    follower = subprocess.Popen(
+        [*CLI, "logs", "tiny", "-f", "--tail", "0", "--url", up.url],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)  # the follower connects
+        assert up.cli("scale", "tiny", "2").returncode == 0
+        assert follower.stdout is not None
+        line = follower.stdout.readline()  # bounded by the pytest timeout below
+        assert line == "crossway | scaled to 2 replica(s)\n"
+    finally:
+        follower.terminate()
+        follower.wait(10)
 
 
 def test_a_second_up_in_the_same_folder_is_refused(up: Up) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -157,7 +158,10 @@ def ps(url: Url = DEFAULT_URL, token: Token = None, json: Json = False) -> None:
                 _since(row["started_at"], now) if row["pid"] else "-",
                 _exit(row["last_exit"]),
             )
-        Console(soft_wrap=True).print(table)
+        console = Console()
+        if not console.is_terminal:  # piped: full names rather than a table cut to 80 columns
+            console = Console(width=200)
+        console.print(table)
 
     run("crossway ps", action)
 
@@ -186,8 +190,7 @@ def logs(
                     if response.status_code >= 400:
                         response.read()
                         raise CliFailure(error_text(response))
-                    for line in response.iter_lines():
-                        print(line, flush=True)
+                    _print_lines(response.iter_text())
             except httpx2.HTTPError as exc:
                 raise CliFailure(f"the log stream from {cp.url} ended: {exc}") from None
 
@@ -231,6 +234,18 @@ def restart(
         print(f"{service}: rolling restart started (watch it with `crossway ps`)")
 
     run("crossway restart", action)
+
+
+def _print_lines(chunks: Iterator[str]) -> None:
+    """Print each complete line as soon as it arrives (iter_lines may hold one back)."""
+    pending = ""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            print(line, flush=True)
+    if pending:
+        print(pending, flush=True)
 
 
 def _processes(cp: ControlPlane) -> dict[str, Any]:
