@@ -56,7 +56,7 @@ from crossway.proxy.errors import (
     render_rejected,
 )
 from crossway.proxy.forward import RetriableStatus, forward
-from crossway.proxy.headers import ForwardingPolicy, Headers
+from crossway.proxy.headers import ForwardingPolicy, Headers, HeaderView
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
 from crossway.proxy.routes.actions import (
     LocalResponse,
@@ -66,7 +66,7 @@ from crossway.proxy.routes.actions import (
 )
 from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import Duration, Route, seconds
-from crossway.proxy.routes.table import Match
+from crossway.proxy.routes.table import CompiledRoute, Match
 from crossway.proxy.stream import ClientBodyError, Stream
 from crossway.proxy.telemetry import GatewayTelemetry
 from crossway.proxy.upstream import UpstreamPool
@@ -105,6 +105,7 @@ class Gateway:
         self._clock = clock or SystemClock()
         self._rng = rng
         self._shadows: set[asyncio.Task[int]] = set()
+        self._plans: dict[CompiledRoute, _RoutePlan] = {}
 
     def swap(self, config: GatewayConfig) -> None:
         """Use `config` for requests that start from now on."""
@@ -134,9 +135,10 @@ class Gateway:
     async def _handle(self, stream: Stream, config: GatewayConfig, outcome: _Outcome) -> None:
         head = stream.head
         path, _, query = head.target.decode("latin-1").partition("?")
-        headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in head.headers}
+        # Decoded only when a predicate or an action looks a header up.
+        headers = HeaderView(head.headers)
         host = head.host.decode("latin-1") if head.host else ""
-        method = head.method.decode("latin-1")
+        method = _METHODS.get(head.method) or head.method.decode("latin-1")
         match = config.table.match(method, path, host or None, headers, query)
         if match is None:
             raise NoRoute(f"no route for {method} {path}")
@@ -145,7 +147,7 @@ class Gateway:
             match.route.actions,
             match.captures,
             method=method,
-            scheme=stream.peer.scheme.decode(),
+            scheme=_SCHEMES.get(stream.peer.scheme) or stream.peer.scheme.decode(),
             host=host,
             path=path,
             query=query,
@@ -159,7 +161,10 @@ class Gateway:
             stream.send_local(_local(decision.local))
             return
         assert decision.backend is not None
-        target = (decision.path + ("?" + query if query else "")).encode("latin-1")
+        if decision.path is path and (query or not head.target.endswith(b"?")):
+            target = head.target  # not rewritten: what the client sent, unchanged
+        else:
+            target = (decision.path + ("?" + query if query else "")).encode("latin-1")
         if decision.mirror is not None and not head.has_body:
             self._mirror(stream, decision.mirror, match.route.route, target)
         outcome.status = await self._forward(stream, match, decision.backend.service, target)
@@ -167,8 +172,14 @@ class Gateway:
     async def _forward(self, stream: Stream, match: Match, service: str, target: bytes) -> int:
         route = match.route.route
         _check_body_limit(stream, route)
-        edits = _header_edits(match, stream)
-        attempts = max(route.retries.attempts, 1)
+        plan = self._plans.get(match.route)
+        if plan is None:
+            plan = self._plan(match)
+        edits = plan.edits
+        if edits.needs_origin:
+            edits = edits._replace(response=_response_edit(match.route.actions, stream))
+        attempts = plan.attempts
+        retriable = plan.retry_statuses if _may_retry_status(stream, route) else frozenset()
         tried: set[str] = set()
         for attempt in range(attempts):
             endpoint = self._pick(service, route, tried)
@@ -176,10 +187,10 @@ class Gateway:
                 extra, drop = self.telemetry.upstream(edits.extra, edits.drop, service, endpoint)
                 edits = edits._replace(extra=extra, drop=drop)
             last = attempt + 1 >= attempts
-            statuses = frozenset() if last else _retry_statuses(stream, route)
+            statuses: frozenset[int] = frozenset() if last else retriable
             try:
                 return await self._attempt(
-                    stream, service, endpoint, route, target, edits, statuses
+                    stream, service, endpoint, route, target, edits, statuses, plan.timeout
                 )
             except RetriableStatus:
                 tried.add(endpoint.id)
@@ -200,6 +211,7 @@ class Gateway:
         target: bytes,
         edits: _Edits,
         retry_statuses: frozenset[int],
+        timeout: float,
     ) -> int:
         cluster = self.clusters.cluster(service)
         with cluster.balancer(route.balancer).begin(endpoint) as call:
@@ -209,7 +221,7 @@ class Gateway:
                     (endpoint.address, endpoint.port),
                     pool=self.pool,
                     policy=self.options.policy,
-                    timeout=self._timeout(route),
+                    timeout=timeout,
                     target=target,
                     extra_headers=edits.extra,
                     drop_headers=edits.drop,
@@ -248,6 +260,20 @@ class Gateway:
         )
         self._shadows.add(task)
         task.add_done_callback(_forget(self._shadows))
+
+    def _plan(self, match: Match) -> _RoutePlan:
+        """What forwarding needs of a route, folded once per compiled route."""
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()  # old configurations' routes; rebuilt on demand
+        route = match.route.route
+        plan = _RoutePlan(
+            edits=_route_edits(match.route.actions),
+            attempts=max(route.retries.attempts, 1),
+            retry_statuses=_retry_statuses(route),
+            timeout=self._timeout(route),
+        )
+        self._plans[match.route] = plan
+        return plan
 
     def _pick(self, service: str, route: Route, tried: set[str]) -> Endpoint:
         for _ in range(3):
@@ -291,14 +317,18 @@ _GATEWAY_ERRORS = frozenset({502, 503, 504})
 _ALL_5XX = frozenset(range(500, 600))
 
 
-def _retry_statuses(stream: Stream, route: Route) -> frozenset[int]:
-    """Statuses worth another attempt: only for bodiless idempotent requests
-    (the body was streamed and is gone) and never for upgrades."""
+def _may_retry_status(stream: Stream, route: Route) -> bool:
+    """Whether an answer may be dropped for another attempt: only for
+    bodiless idempotent requests (the body was streamed and is gone) and
+    never for upgrades."""
     head = stream.head
+    idempotent = head.method in IDEMPOTENT or route.retries.non_idempotent
+    return idempotent and not head.has_body and head.upgrade is None
+
+
+def _retry_statuses(route: Route) -> frozenset[int]:
+    """The statuses the route retries (for requests `_may_retry_status` allows)."""
     retries = route.retries
-    idempotent = head.method in IDEMPOTENT or retries.non_idempotent
-    if not idempotent or head.has_body or head.upgrade is not None:
-        return frozenset()
     statuses: set[int] = set()
     if "5xx" in retries.conditions:
         statuses |= _ALL_5XX
@@ -317,15 +347,30 @@ def _check_body_limit(stream: Stream, route: Route) -> None:
 
 
 class _Edits(NamedTuple):
-    """A route's header changes, folded for one request."""
+    """A route's header changes; `response` is per request when
+    `needs_origin` (CORS answers depend on the request's Origin)."""
 
     extra: Headers
     drop: frozenset[bytes]
     response: Callable[[Headers], Headers] | None
+    needs_origin: bool
 
 
-def _header_edits(match: Match, stream: Stream) -> _Edits:
-    actions = match.route.actions
+class _RoutePlan(NamedTuple):
+    """What forwarding needs of one compiled route (`Gateway._plan`)."""
+
+    edits: _Edits
+    attempts: int
+    retry_statuses: frozenset[int]
+    timeout: float
+
+
+_MAX_PLANS = 4096
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_SCHEMES = {b"http": "http", b"https": "https"}
+
+
+def _route_edits(actions: RouteActions) -> _Edits:
     editor = actions.request_headers
     extra: Headers = []
     drop: frozenset[bytes] = frozenset()
@@ -334,7 +379,8 @@ def _header_edits(match: Match, stream: Stream) -> _Edits:
         # it removes or replaces are dropped on the way upstream.
         extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in (*editor.set, *editor.add)]
         drop = frozenset(n.encode("latin-1") for n in editor.drop)
-    return _Edits(extra, drop, _response_edit(actions, stream))
+    needs_origin = actions.response_headers is not None or actions.cors is not None
+    return _Edits(extra, drop, None, needs_origin)
 
 
 def _response_edit(actions: RouteActions, stream: Stream) -> Callable[[Headers], Headers] | None:

@@ -22,11 +22,17 @@
 #   (`_PROTECTED`), so a client cannot make the proxy drop Host or credentials.
 # - Header names are lowercase on input and output (http1.py lowercases).
 # - One pass over the input; no regular expressions.
+# - The common case — no hop-by-hop or forwarding field in the request — is a
+#   list copy plus the forwarding fields, built once per (peer, policy).
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar, overload
 
 Headers = list[tuple[bytes, bytes]]
+_T = TypeVar("_T")
 
 HOP_BY_HOP = frozenset(
     {
@@ -45,6 +51,13 @@ _FORWARDING = frozenset(
 )
 _REWRITTEN = _FORWARDING | {b"via"}
 _PROTECTED = frozenset({b"host", b"authorization", b"cookie"})
+_SPECIAL = HOP_BY_HOP | _REWRITTEN
+# In a response, a field named like a plain Connection token ("close") is
+# dropped when Connection names it: such a response takes the general path.
+_FIELD_NAMED = frozenset({b"via", b"close"})
+_SPECIAL_RESPONSE = HOP_BY_HOP | _FIELD_NAMED
+# Connection tokens that name no other field: no extra field to drop.
+_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +78,55 @@ class Peer:
     scheme: bytes = b"http"
     host: bytes | None = None
     version: bytes = b"1.1"
+
+
+class HeaderView(Mapping[str, str]):
+    """Request headers as lower-case str names to values, decoded only when
+    looked up (repeated fields joined with ", " as RFC 9110 allows).
+
+    Route predicates read a header or two of most requests, and many
+    requests none; decoding every field into a dict per request cost more
+    than the rest of the routing.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Headers) -> None:
+        self._raw = raw
+
+    def _value(self, name: str) -> bytes | None:
+        key = name.encode("latin-1")
+        found: bytes | None = None
+        for field_name, value in self._raw:
+            if field_name == key:
+                found = value if found is None else found + b", " + value
+        return found
+
+    @overload
+    def get(self, key: str, /) -> str | None: ...
+    @overload
+    def get(self, key: str, default: str, /) -> str: ...
+    @overload
+    def get(self, key: str, default: _T, /) -> str | _T: ...
+
+    def get(self, key: str, default: object = None, /) -> object:
+        value = self._value(key)
+        return default if value is None else value.decode("latin-1")
+
+    def __getitem__(self, key: str) -> str:
+        value = self._value(key)
+        if value is None:
+            raise KeyError(key)
+        return value.decode("latin-1")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._value(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(n.decode("latin-1") for n, _ in self._raw))
+
+    def __len__(self) -> int:
+        return len({n for n, _ in self._raw})
 
 
 def connection_tokens(headers: Headers) -> set[bytes]:
@@ -96,6 +158,13 @@ def forward_request(
     Drops hop-by-hop fields, then writes X-Forwarded-For/-Proto/-Host,
     Forwarded and Via per `policy`. Pure; never fails.
     """
+    for name, _ in headers:
+        if name in _SPECIAL:
+            break
+    else:
+        out = headers.copy()
+        out.extend(_fresh_forwarding(peer, policy))
+        return out
     out = strip_hop_by_hop(headers, keep_upgrade=keep_upgrade)
     prior = _prior_forwarding(out) if policy.trust_incoming else {}
     out = [(n, v) for n, v in out if n not in _REWRITTEN]
@@ -114,9 +183,37 @@ def forward_request(
 
 def forward_response(headers: Headers, version: bytes, policy: ForwardingPolicy) -> Headers:
     """The headers to send the client for an upstream response (hop-by-hop out, Via in)."""
+    # One pass for what upstreams usually send (Content-Length, Connection:
+    # keep-alive, no Via); anything else takes the general path.
+    out: Headers = []
+    for name, value in headers:
+        if name not in _SPECIAL_RESPONSE:
+            out.append((name, value))
+        elif name in _FIELD_NAMED or (
+            name == b"connection" and value.strip().lower() not in _PLAIN_CONNECTION
+        ):
+            break
+    else:
+        out.append((b"via", _via_entry(version, policy.via)))
+        return out
     out = [(n, v) for n, v in strip_hop_by_hop(headers) if n != b"via"]
     out.append((b"via", _via(headers, version, policy.via)))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _fresh_forwarding(peer: Peer, policy: ForwardingPolicy) -> tuple[tuple[bytes, bytes], ...]:
+    """The forwarding fields for a request that carried none."""
+    out: Headers = []
+    host = peer.host or b""
+    if policy.x_forwarded:
+        out.append((b"x-forwarded-for", peer.address.encode()))
+        out.append((b"x-forwarded-proto", peer.scheme))
+        out.append((b"x-forwarded-host", host))
+    if policy.forwarded:
+        out.append((b"forwarded", _forwarded_element(peer)))
+    out.append((b"via", _via_entry(peer.version, policy.via)))
+    return tuple(out)
 
 
 def _prior_forwarding(headers: Headers) -> dict[bytes, bytes]:
@@ -143,7 +240,12 @@ def _forwarded_element(peer: Peer) -> bytes:
     return element
 
 
+@functools.lru_cache(maxsize=64)
+def _via_entry(version: bytes, pseudonym: bytes) -> bytes:
+    return version + b" " + pseudonym
+
+
 def _via(headers: Headers, version: bytes, pseudonym: bytes) -> bytes:
     earlier = b", ".join(v for n, v in headers if n == b"via")
-    entry = version + b" " + pseudonym
+    entry = _via_entry(version, pseudonym)
     return earlier + b", " + entry if earlier else entry
