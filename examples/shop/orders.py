@@ -177,13 +177,13 @@ async def place(
             {"order_id": order_id, "item_id": body.item_id, "quantity": body.quantity}
         )
     except CrosswayError as exc:
-        return await fail(order_id, exc, release=False)
+        return await fail(order_id, exc)
     try:
         paid = await state.payments.charge(
             {"order_id": order_id, "amount_cents": order["total_cents"]}, key=order_id
         )
     except CrosswayError as exc:
-        return await fail(order_id, exc, release=True)
+        return await fail(order_id, exc)
     return await db.run(lambda conn: settle(conn, order_id, "paid", "", paid["charged_by"]))
 
 
@@ -227,14 +227,17 @@ def settle(
     return dict(conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone())
 
 
-async def fail(order_id: str, exc: CrosswayError, *, release: bool) -> JSONResponse:
-    """Record why the order failed (giving its stock back) and answer with the
-    callee's status: 409 sold out, 503 no payments instance, 502 otherwise."""
-    if release:
-        try:
-            await app.state.inventory.release(order_id)
-        except CrosswayError as release_error:  # the cleanup job's sweep cannot see it: log it
-            log.warning("order %s: stock not released: %s", order_id, release_error)
+async def fail(order_id: str, exc: CrosswayError) -> JSONResponse:
+    """Record why the order failed, give its stock back, and answer with the
+    callee's status: 409 sold out, 503 no payments instance, 502 otherwise.
+
+    The stock goes back even when the reservation itself seemed to fail: its
+    answer may have been lost after it was made, and releasing an order that
+    holds nothing is a no-op."""
+    try:
+        await app.state.inventory.release(order_id)
+    except CrosswayError as release_error:  # the cleanup job's sweep cannot see it: log it
+        log.warning("order %s: stock not released: %s", order_id, release_error)
     order = await db.run(lambda conn: settle(conn, order_id, "failed", exc.message))
     log.warning("order %s failed: %s", order_id, exc.message)
     return error(exc.status, exc.code, exc.message, order=order)
