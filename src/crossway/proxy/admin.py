@@ -13,7 +13,10 @@
 #   GET /ready         200 once a configuration is loaded, else 503
 #   GET /stats         Prometheus text: requests by route and status class,
 #                      latency histograms per route, upstream exchanges,
-#                      pool connections, active client connections, retries
+#                      pool connections, active client connections, retries,
+#                      circuit breaking (overload refusals, breaker trips and
+#                      retries the budget refused, per service) and rate
+#                      limits (refusals, Redis failures, per route)
 #   GET /config_dump   the routes in force, as JSON documents, and the version
 #   GET /clusters      every backend service's endpoints with health
 #
@@ -52,6 +55,11 @@ class GatewayStats:
         self.latency: dict[str, list[int]] = {}
         self.latency_sum: defaultdict[str, float] = defaultdict(float)
         self.retries: defaultdict[str, int] = defaultdict(int)
+        self.overloaded: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.breaker_trips: defaultdict[str, int] = defaultdict(int)
+        self.budget_refused: defaultdict[str, int] = defaultdict(int)
+        self.rate_limited: defaultdict[str, int] = defaultdict(int)
+        self.rate_limit_unavailable: defaultdict[str, int] = defaultdict(int)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         # Status 0: the exchange ended without a status (client gone).
@@ -65,6 +73,22 @@ class GatewayStats:
 
     def retried(self, route: str) -> None:
         self.retries[route] += 1
+
+    def service_event(self, service: str, event: str) -> None:
+        """A circuit-breaking event of `service` (overload.py's `Events`)."""
+        if event == "trip":
+            self.breaker_trips[service] += 1
+        else:
+            self.overloaded[(service, event)] += 1
+
+    def retry_refused(self, service: str) -> None:
+        self.budget_refused[service] += 1
+
+    def limited(self, route: str) -> None:
+        self.rate_limited[route] += 1
+
+    def limit_unavailable(self, route: str) -> None:
+        self.rate_limit_unavailable[route] += 1
 
 
 def render_stats(stats: GatewayStats, gateway: Gateway, active_connections: int) -> str:
@@ -82,10 +106,28 @@ def render_stats(stats: GatewayStats, gateway: Gateway, active_connections: int)
     lines.extend(
         f'crossway_gateway_retries_total{{route="{r}"}} {n}' for r, n in stats.retries.items()
     )
+    lines.extend(_resilience_lines(stats))
     lines.append("# TYPE crossway_gateway_active_connections gauge")
     lines.append(f"crossway_gateway_active_connections {active_connections}")
     lines.extend(_pool_lines(gateway))
     return "\n".join(lines) + "\n"
+
+
+def _resilience_lines(stats: GatewayStats) -> list[str]:
+    lines = ["# TYPE crossway_gateway_upstream_overloaded_total counter"]
+    lines.extend(
+        f'crossway_gateway_upstream_overloaded_total{{service="{s}",reason="{r}"}} {n}'
+        for (s, r), n in sorted(stats.overloaded.items())
+    )
+    for name, label, counts in (
+        ("crossway_gateway_breaker_trips_total", "service", stats.breaker_trips),
+        ("crossway_gateway_retry_budget_refused_total", "service", stats.budget_refused),
+        ("crossway_gateway_rate_limited_total", "route", stats.rate_limited),
+        ("crossway_gateway_rate_limit_unavailable_total", "route", stats.rate_limit_unavailable),
+    ):
+        lines.append(f"# TYPE {name} counter")
+        lines.extend(f'{name}{{{label}="{k}"}} {n}' for k, n in sorted(counts.items()))
+    return lines
 
 
 def _histogram(route: str, counts: list[int], total: float) -> list[str]:
@@ -162,7 +204,14 @@ class AdminHandler:
         return 200, b"application/json", _json({"version": config.version, "routes": routes})
 
     def _page_clusters(self) -> tuple[int, bytes, bytes]:
-        clusters = [c.describe() for c in self._gateway.clusters.all()]
+        guards = self._gateway.guards.all()
+        clusters = []
+        for cluster in self._gateway.clusters.all():
+            shown = cluster.describe()
+            guard = guards.get(cluster.name)
+            if guard is not None:
+                shown["limits"] = guard.describe()
+            clusters.append(shown)
         return 200, b"application/json", _json({"clusters": clusters})
 
 

@@ -11,7 +11,12 @@
 # Each cluster also runs an `OutlierDetector` (Envoy's outlier detection):
 # the engine records every attempt's outcome, and when the ejected set
 # changes — on a record, or when an ejection expires, noticed on the next
-# pick — every balancer of the cluster is told (`set_ejected`).
+# pick — every balancer of the cluster is told (`set_ejected`). The
+# detector's settings come from the service's call policy (`outlier`, see
+# crossway.traffic.policy; `Clusters.set_policies`): a service without a
+# policy keeps the detector's defaults, a policy with `outlier: null` turns
+# ejection off, and a changed setting starts a fresh detector (ejections
+# under the old setting end).
 #
 # Pure: no I/O, no event loop. The clock feeds the load-aware balancers'
 # latency estimates and the ejection times.
@@ -24,7 +29,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from crossway.balance import (
@@ -40,6 +45,7 @@ from crossway.balance import (
     SmoothWeighted,
 )
 from crossway.core.clock import Clock
+from crossway.traffic.policy import DEFAULT_NAME, CallPolicy, outlier_config
 
 
 def make_balancer(name: str, *, clock: Clock, rng: random.Random | None = None) -> Balancer:
@@ -65,12 +71,26 @@ class Cluster:
         self._clock = clock
         self.endpoints: tuple[Endpoint, ...] = ()
         self._balancers: dict[str, Balancer] = {}
-        self.outlier = OutlierDetector(outlier, clock=clock)
+        self.outlier: OutlierDetector | None = OutlierDetector(outlier, clock=clock)
         self._ejected: frozenset[str] = frozenset()
+
+    def configure_outlier(self, config: OutlierConfig | None, *, enabled: bool = True) -> None:
+        """Detect outliers with `config` (None: the defaults), or not at all
+        when not `enabled`; a new setting starts with nobody ejected."""
+        current = self.outlier
+        if not enabled:
+            self.outlier = None
+        elif current is None or current.config != (config or OutlierConfig()):
+            self.outlier = OutlierDetector(config, clock=self._clock)
+            self.outlier.update(self.endpoints)
+        else:
+            return
+        self._sync_ejected()
 
     def update(self, endpoints: Iterable[Endpoint]) -> None:
         self.endpoints = tuple(endpoints)
-        self.outlier.update(self.endpoints)
+        if self.outlier is not None:
+            self.outlier.update(self.endpoints)
         for balancer in self._balancers.values():
             balancer.update(self.endpoints)
         self._sync_ejected()
@@ -90,11 +110,12 @@ class Cluster:
 
     def record(self, endpoint_id: str, outcome: Outcome) -> None:
         """One attempt's outcome, for outlier detection."""
-        self.outlier.record(endpoint_id, outcome)
-        self._sync_ejected()
+        if self.outlier is not None:
+            self.outlier.record(endpoint_id, outcome)
+            self._sync_ejected()
 
     def _sync_ejected(self) -> None:
-        ejected = self.outlier.ejected()
+        ejected = self.outlier.ejected() if self.outlier is not None else _NONE
         if ejected is self._ejected:
             return  # the detector hands out the same object while unchanged
         self._ejected = ejected
@@ -120,19 +141,41 @@ class Cluster:
         }
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class Clusters:
     """Every backend service the configuration names."""
 
     def __init__(self, *, clock: Clock) -> None:
         self._clock = clock
         self._clusters: dict[str, Cluster] = {}
+        self._policies: Mapping[str, CallPolicy] = {}
 
     def cluster(self, service: str) -> Cluster:
         cluster = self._clusters.get(service)
         if cluster is None:
             cluster = Cluster(service, clock=self._clock)
+            self._configure(cluster)
             self._clusters[service] = cluster
         return cluster
+
+    def set_policies(self, policies: Mapping[str, CallPolicy]) -> None:
+        """Take each service's outlier settings from its call policy (its own,
+        else `default`); called once per configuration swap."""
+        self._policies = policies
+        for cluster in self._clusters.values():
+            self._configure(cluster)
+
+    def _configure(self, cluster: Cluster) -> None:
+        policies = self._policies
+        policy = policies.get(cluster.name) or policies.get(DEFAULT_NAME)
+        if policy is None:
+            cluster.configure_outlier(None)
+        elif policy.outlier is None:
+            cluster.configure_outlier(None, enabled=False)
+        else:
+            cluster.configure_outlier(outlier_config(policy.outlier))
 
     def update(self, service: str, endpoints: Iterable[Endpoint]) -> None:
         self.cluster(service).update(endpoints)

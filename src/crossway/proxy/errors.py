@@ -34,10 +34,20 @@ class GatewayError(CrosswayError):
     code: ClassVar[str] = "gateway_error"
     status: ClassVar[int] = 502
     reason: str | None = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """More response headers (Retry-After, X-Crossway-Overloaded)."""
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        if headers:
+            self.headers = headers
 
 
 class NoRoute(GatewayError):
@@ -82,6 +92,8 @@ def render(error: GatewayError, *, close: bool = False) -> bytes:
     headers: Headers = [(b"content-type", b"application/json")]
     if error.reason:
         headers.append((REASON_HEADER, error.reason.encode()))
+    if error.headers:
+        headers.extend(error.headers)
     return _response(error.status, headers, msgspec.json.encode(error.to_json()), close)
 
 

@@ -50,6 +50,7 @@ from crossway.proxy.errors import (
     NoHealthyUpstream,
     NoRoute,
     UpstreamConnectFailed,
+    UpstreamProtocolError,
     UpstreamReset,
     UpstreamTimeout,
     render,
@@ -58,6 +59,8 @@ from crossway.proxy.errors import (
 from crossway.proxy.forward import RetriableStatus, forward
 from crossway.proxy.headers import ForwardingPolicy, Headers, HeaderView
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
+from crossway.proxy.overload import RetryBudgets, ServiceGuards
+from crossway.proxy.ratelimit import RateLimitExceeded, RateLimits, RouteLimit
 from crossway.proxy.routes.actions import (
     LocalResponse,
     RouteActions,
@@ -70,6 +73,8 @@ from crossway.proxy.routes.table import CompiledRoute, Match
 from crossway.proxy.stream import ClientBodyError, Stream
 from crossway.proxy.telemetry import GatewayTelemetry
 from crossway.proxy.upstream import UpstreamPool
+from crossway.resilience import RetryBudget
+from crossway.resilience.redis_limiter import AsyncScriptingClient
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 DEFAULT_TIMEOUT = 15.0
@@ -95,6 +100,7 @@ class Gateway:
         rng: Callable[[], float] = random.random,
         stats: GatewayStats | None = None,
         telemetry: GatewayTelemetry | None = None,
+        redis: AsyncScriptingClient | None = None,
     ) -> None:
         self.stats = stats
         self.telemetry = telemetry
@@ -106,10 +112,24 @@ class Gateway:
         self._rng = rng
         self._shadows: set[asyncio.Task[int]] = set()
         self._plans: dict[CompiledRoute, _RoutePlan] = {}
+        # Per-service circuit breaking, retry budgets and route rate limits
+        # (overload.py, ratelimit.py); state kept across configuration swaps.
+        events = stats.service_event if stats is not None else None
+        self.guards = ServiceGuards(clock=self._clock, events=events)
+        self.budgets = RetryBudgets(clock=self._clock)
+        failed = stats.limit_unavailable if stats is not None else None
+        self.limits = RateLimits(clock=self._clock, redis=redis, failed=failed)
+        self._adopt_policies(config)
 
     def swap(self, config: GatewayConfig) -> None:
         """Use `config` for requests that start from now on."""
+        if config.policies != self.config.policies:
+            self._adopt_policies(config)
         self.config = config
+
+    def _adopt_policies(self, config: GatewayConfig) -> None:
+        self.guards.update(config.policies)
+        self.clusters.set_policies(config.policies)
 
     async def __call__(self, stream: Stream) -> None:
         started = self._clock.now()
@@ -143,6 +163,11 @@ class Gateway:
         if match is None:
             raise NoRoute(f"no route for {method} {path}")
         outcome.route = match.route.name
+        plan = self._plans.get(match.route)
+        if plan is None:
+            plan = self._plan(match)
+        if plan.limit is not None:
+            await self._admit(plan.limit, stream)
         decision = decide(
             match.route.actions,
             match.captures,
@@ -167,40 +192,103 @@ class Gateway:
             target = (decision.path + ("?" + query if query else "")).encode("latin-1")
         if decision.mirror is not None and not head.has_body:
             self._mirror(stream, decision.mirror, match.route.route, target)
-        outcome.status = await self._forward(stream, match, decision.backend.service, target)
+        outcome.status = await self._forward(stream, match, plan, decision.backend.service, target)
 
-    async def _forward(self, stream: Stream, match: Match, service: str, target: bytes) -> int:
+    async def _admit(self, limit: RouteLimit, stream: Stream) -> None:
+        try:
+            await limit.admit(stream)
+        except RateLimitExceeded:
+            if self.stats is not None:
+                self.stats.limited(limit.route)
+            raise
+
+    async def _forward(
+        self, stream: Stream, match: Match, plan: _RoutePlan, service: str, target: bytes
+    ) -> int:
+        """Forward under the service's circuit breaking (overload.py), if any,
+        within the route's overall deadline."""
+        _check_body_limit(stream, match.route.route)
+        deadline = self._clock.now() + plan.timeout
+        guard = self.guards.get(service)
+        if guard is None:
+            return await self._attempts(stream, match, plan, service, target, deadline)
+        started = await guard.enter(plan.timeout)
+        failed: bool | None = None
+        try:
+            status = await self._attempts(stream, match, plan, service, target, deadline)
+            failed = status in guard.fail_on
+            return status
+        except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout, UpstreamProtocolError):
+            failed = True
+            raise
+        finally:
+            guard.leave(started, failed)
+
+    async def _attempts(
+        self,
+        stream: Stream,
+        match: Match,
+        plan: _RoutePlan,
+        service: str,
+        target: bytes,
+        deadline: float,
+    ) -> int:
         route = match.route.route
-        _check_body_limit(stream, route)
-        plan = self._plans.get(match.route)
-        if plan is None:
-            plan = self._plan(match)
         edits = plan.edits
         if edits.needs_origin:
             edits = edits._replace(response=_response_edit(match.route.actions, stream))
         attempts = plan.attempts
         retriable = plan.retry_statuses if _may_retry_status(stream, route) else frozenset()
+        budget = plan.budgets.get(service) if attempts > 1 else None
+        if budget is not None:
+            budget.deposit()
         tried: set[str] = set()
         for attempt in range(attempts):
             endpoint = self._pick(service, route, tried)
             if self.telemetry is not None:  # trace context and caller, upstream noted
                 extra, drop = self.telemetry.upstream(edits.extra, edits.drop, service, endpoint)
                 edits = edits._replace(extra=extra, drop=drop)
-            last = attempt + 1 >= attempts
-            statuses: frozenset[int] = frozenset() if last else retriable
+            # The budget is asked before an answer could be dropped, so a
+            # retry it refuses relays that answer instead.
+            final = attempt + 1 >= attempts
+            spent = not final and budget is not None and not budget.can_retry()
+            statuses: frozenset[int] = frozenset() if final or spent else retriable
+            timeout, overall = _attempt_timeout(plan, deadline - self._clock.now())
             try:
-                return await self._attempt(
-                    stream, service, endpoint, route, target, edits, statuses, plan.timeout
+                status = await self._attempt(
+                    stream, service, endpoint, route, target, edits, statuses, timeout
                 )
             except RetriableStatus:
                 tried.add(endpoint.id)
-            except (UpstreamConnectFailed, UpstreamReset) as error:
+                if budget is not None and not budget.try_withdraw():
+                    # Spent by a concurrent request since `can_retry`; the
+                    # answer is dropped already, so this retry goes ahead (the
+                    # budget is overdrawn by at most one per request in flight).
+                    self._retry_refused(service)
+            except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout) as error:
                 tried.add(endpoint.id)
-                if last or not _may_retry(stream, route, error):
+                if final or not _may_retry(stream, route, error):
                     raise
+                if overall and isinstance(error, UpstreamTimeout):
+                    raise  # the route's deadline has passed: no time for another try
+                # A connect failure sent nothing, so its retry adds no work to
+                # the upstream and does not draw on the budget (Finagle's
+                # requeues); outlier ejection stops picking a dead endpoint.
+                free = isinstance(error, UpstreamConnectFailed)
+                if budget is not None and not free and not budget.try_withdraw():
+                    self._retry_refused(service)
+                    raise
+            else:
+                if spent and status in retriable:
+                    self._retry_refused(service)
+                return status
             if self.stats is not None:
                 self.stats.retried(match.route.name)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _retry_refused(self, service: str) -> None:
+        if self.stats is not None:
+            self.stats.retry_refused(service)
 
     async def _attempt(
         self,
@@ -266,11 +354,15 @@ class Gateway:
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()  # old configurations' routes; rebuilt on demand
         route = match.route.route
+        per_try = route.retries.per_try_timeout
         plan = _RoutePlan(
             edits=_route_edits(match.route.actions),
             attempts=max(route.retries.attempts, 1),
             retry_statuses=_retry_statuses(route),
-            timeout=self._timeout(route),
+            timeout=self._overall_timeout(route),
+            per_try=_seconds(per_try) if per_try is not None else None,
+            budgets=self._budgets(route),
+            limit=self.limits.limit(match.route.name, route),
         )
         self._plans[match.route] = plan
         return plan
@@ -285,6 +377,25 @@ class Gateway:
         if endpoint is not None:
             return endpoint
         raise NoHealthyUpstream(f"no endpoint of {service} is available", reason="no_endpoints")
+
+    def _overall_timeout(self, route: Route) -> float:
+        """The route's deadline across all attempts (the gateway default without one)."""
+        return self.options.default_timeout if route.timeout is None else _seconds(route.timeout)
+
+    def _budgets(self, route: Route) -> dict[str, RetryBudget]:
+        """The retry budget of each service the route forwards to."""
+        spec = route.retries.budget
+        if spec is None or route.retries.attempts <= 1:
+            return {}
+        services = {b.service for b in route.backends}
+        services.update(b.service for r in route.header_routes for b in r.backends)
+        ttl = _seconds(spec.ttl)
+        return {
+            s: self.budgets.budget(
+                s, percent=spec.percent, min_per_second=spec.min_per_second, ttl=ttl
+            )
+            for s in services
+        }
 
     def _timeout(self, route: Route) -> float:
         """The wait for a response head: the per-try timeout when the route
@@ -303,7 +414,22 @@ def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
         return "connect-failure" in conditions or "gateway-error" in conditions
     head = stream.head
     idempotent = head.method in IDEMPOTENT or route.retries.non_idempotent
-    return idempotent and not head.has_body and ("reset" in conditions)
+    if isinstance(error, UpstreamTimeout):  # a per-try timeout, as Envoy's retry_on
+        wanted = "5xx" in conditions or "gateway-error" in conditions
+    else:
+        wanted = "reset" in conditions
+    return idempotent and not head.has_body and wanted
+
+
+def _attempt_timeout(plan: _RoutePlan, remaining: float) -> tuple[float, bool]:
+    """The wait for this attempt's answer, and whether it is the overall
+    deadline's rest (no retry after it) rather than the per-try timeout."""
+    if remaining <= 0:
+        raise UpstreamTimeout(f"no response within {plan.timeout:g}s", reason="timeout")
+    per_try = plan.per_try
+    if per_try is not None and per_try < remaining:
+        return per_try, False
+    return remaining, True
 
 
 @functools.lru_cache(maxsize=256)
@@ -363,6 +489,10 @@ class _RoutePlan(NamedTuple):
     attempts: int
     retry_statuses: frozenset[int]
     timeout: float
+    """The overall deadline across attempts, in seconds."""
+    per_try: float | None
+    budgets: dict[str, RetryBudget]
+    limit: RouteLimit | None
 
 
 _MAX_PLANS = 4096

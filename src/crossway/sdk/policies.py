@@ -61,7 +61,6 @@ from crossway.balance import (
     Balancer,
     LeastRequest,
     Maglev,
-    OutlierConfig,
     OutlierDetector,
     PeakEwma,
     RingHash,
@@ -98,6 +97,7 @@ from crossway.traffic.policy import (
     check_policy,
     decode_policy,
     encode_policy,
+    outlier_config,
 )
 
 log = logging.getLogger("crossway.sdk.policies")
@@ -162,18 +162,7 @@ def build_outlier(policy: CallPolicy, *, clock: Clock) -> OutlierDetector | None
     spec = policy.outlier
     if spec is None:
         return None
-    config = OutlierConfig(
-        consecutive_5xx=spec.consecutive_5xx,
-        consecutive_gateway_failure=spec.consecutive_gateway_failure,
-        interval=parse_duration(spec.interval),
-        base_ejection_time=parse_duration(spec.base_ejection_time),
-        max_ejection_time=parse_duration(spec.max_ejection_time),
-        max_ejection_percent=spec.max_ejection_percent,
-        success_rate_minimum_hosts=spec.success_rate_minimum_hosts,
-        success_rate_request_volume=spec.success_rate_request_volume,
-        success_rate_stdev_factor=spec.success_rate_stdev_factor,
-    )
-    return OutlierDetector(config, clock=clock)
+    return OutlierDetector(outlier_config(spec), clock=clock)
 
 
 Breaker = ConsecutiveBreaker | CircuitBreaker

@@ -30,6 +30,7 @@ from typing import Literal
 
 import msgspec
 
+from crossway.balance import OutlierConfig
 from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
 
@@ -265,3 +266,18 @@ def _field_of(message: str) -> str:
 def encode_policy(policy: CallPolicy) -> bytes:
     """JSON with only the fields that differ from their defaults."""
     return _encoder.encode(policy)
+
+
+def outlier_config(spec: OutlierSpec) -> OutlierConfig:
+    """The detector settings of crossway.balance for an `outlier` section."""
+    return OutlierConfig(
+        consecutive_5xx=spec.consecutive_5xx,
+        consecutive_gateway_failure=spec.consecutive_gateway_failure,
+        interval=parse_duration(spec.interval),
+        base_ejection_time=parse_duration(spec.base_ejection_time),
+        max_ejection_time=parse_duration(spec.max_ejection_time),
+        max_ejection_percent=spec.max_ejection_percent,
+        success_rate_minimum_hosts=spec.success_rate_minimum_hosts,
+        success_rate_request_volume=spec.success_rate_request_volume,
+        success_rate_stdev_factor=spec.success_rate_stdev_factor,
+    )

@@ -9,12 +9,18 @@
           - {service: orders-canary, weight: 10}
         timeout: 5s
         retries: {attempts: 2}
+    policies:                      # optional; as PUT /v1/policies/{service}
+      orders: {bulkhead: {max_concurrent: 100}}
+      default: {breaker: {failures: 5}}
+    redis_url: redis://127.0.0.1:6379/0   # optional; for global rate limits
 
 Theory of operation
 -------------------
-A `GatewayConfig` is immutable: its routes, a version that tells operators
-which configuration is serving (`/config_dump`), and the `RouteTable`
-compiled once when the snapshot is made. The engine swaps whole snapshots,
+A `GatewayConfig` is immutable: its routes, the call policies of the
+upstream services (crossway.traffic.policy: breakers, concurrency limits,
+outlier ejection), a version that tells operators which configuration is
+serving (`/config_dump`), and the `RouteTable` compiled once when the
+snapshot is made. The engine swaps whole snapshots,
 so a request sees one configuration from start to end.
 
 `load_config(path)` reads the file with the same route schema as the control
@@ -41,13 +47,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 import yaml
 
 from crossway.core.errors import InvalidArgument
-from crossway.proxy.routes.model import Route, check_route_name, route_from_object
+from crossway.proxy.routes.model import Route, check_route_name, field_of, route_from_object
 from crossway.proxy.routes.table import RouteTable
+from crossway.registry.model import check_name
+from crossway.traffic.policy import CallPolicy
 
-_TOP_LEVEL = frozenset({"version", "routes"})
+_TOP_LEVEL = frozenset({"version", "routes", "policies", "redis_url"})
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _AT_SUFFIX = re.compile(r" - at `\$[^`]*`$")
 
@@ -69,12 +78,15 @@ class GatewayConfig:
     version: str = ""
     table: RouteTable = field(init=False, repr=False, compare=False)
     _: KW_ONLY
+    policies: Mapping[str, CallPolicy] = field(default_factory=dict)
+    redis_url: str | None = None
     previous: InitVar[GatewayConfig | None] = None
 
     def __post_init__(self, previous: GatewayConfig | None) -> None:
         frozen = MappingProxyType(dict(self.routes))
         reuse = previous.table if previous is not None else None
         object.__setattr__(self, "routes", frozen)
+        object.__setattr__(self, "policies", MappingProxyType(dict(self.policies)))
         object.__setattr__(self, "table", RouteTable(frozen, reuse=reuse))
 
 
@@ -107,9 +119,18 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
         if key not in _TOP_LEVEL:
             raise _error(source, root, f"$.{key}", "unknown field (expected version, routes)")
     routes = _routes(data.get("routes") or {}, source, root)
+    policies = _policies(data.get("policies") or {}, source, root)
+    redis_url = data.get("redis_url")
+    if redis_url is not None and not (isinstance(redis_url, str) and redis_url.strip()):
+        raise _error(source, root, "$.redis_url", "must be a URL such as redis://host:6379/0")
     version = data.get("version")
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return GatewayConfig(routes, str(version) if version is not None else digest)
+    return GatewayConfig(
+        routes,
+        str(version) if version is not None else digest,
+        policies=policies,
+        redis_url=redis_url,
+    )
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
@@ -160,6 +181,30 @@ def _routes(raw: object, source: str, root: yaml.Node | None) -> dict[str, Route
         except InvalidArgument as exc:
             raise _route_error(source, routes_node, str(name), exc) from None
     return routes
+
+
+def _policies(raw: object, source: str, root: yaml.Node | None) -> dict[str, CallPolicy]:
+    if not isinstance(raw, dict):
+        raise _error(source, root, "$.policies", "must map service names to call policies")
+    policies: dict[str, CallPolicy] = {}
+    for name, body in raw.items():
+        at = f"$.policies.{name}"
+        try:
+            check_name(str(name), "name")
+        except InvalidArgument as exc:
+            raise _error(source, root, at, exc.message.removeprefix("name: ")) from None
+        try:
+            policy = msgspec.convert(body if body is not None else {}, CallPolicy)
+        except msgspec.ValidationError as exc:
+            inner = field_of(str(exc))
+            message = _AT_SUFFIX.sub("", str(exc))
+            raise _error(source, root, at + inner.removeprefix("$"), message) from None
+        except InvalidArgument as exc:
+            inner = str(exc.details.get("field", "$"))
+            message = exc.message.removeprefix(f"{inner.removeprefix('$.')}: ")
+            raise _error(source, root, at + inner.removeprefix("$"), message) from None
+        policies[str(name)] = policy
+    return policies
 
 
 def _route_error(

@@ -38,6 +38,7 @@ import msgspec
 
 from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
+from crossway.resilience import parse_rate
 
 Duration = str | float
 BalancerName = Literal["round_robin", "least_request", "peak_ewma", "ring_hash", "maglev"]
@@ -192,6 +193,22 @@ class RetryBudget(_Spec, frozen=True):
     ttl: Duration = "10s"
 
 
+class RateLimit(_Spec, frozen=True):
+    """Requests allowed per `key` (GCRA): `rate` ("100/s", "5/m" or a number
+    per second) with `burst` at once (default: one second's worth).
+    `key` is "client_ip", "route" (one budget for the route) or
+    "header:NAME" (requests without the header share one budget).
+    `scope` "local" counts in each gateway process (at most `max_keys`
+    keys, least recently seen forgotten first); "global" counts on the
+    gateway's Redis, shared by every gateway that has the same route."""
+
+    rate: str | float
+    burst: int | None = None
+    key: str = "client_ip"
+    scope: Literal["local", "global"] = "local"
+    max_keys: int = 10_000
+
+
 class Retries(_Spec, frozen=True):
     """`attempts` counts every try, the first included. A request is retried
     on the `conditions` (see retry.py); a status in `statuses` is always
@@ -211,7 +228,8 @@ class Retries(_Spec, frozen=True):
 class Route(_Spec, frozen=True):
     """One route; see the module header. `timeout` bounds the whole exchange
     (retries included), `idle_timeout` a silence in either direction,
-    `max_request_bytes` the request body (413 beyond it)."""
+    `max_request_bytes` the request body (413 beyond it), `rate_limit` how
+    many requests it takes (429 beyond it)."""
 
     match: RouteMatch = RouteMatch()
     backends: tuple[Backend, ...] = ()
@@ -230,6 +248,7 @@ class Route(_Spec, frozen=True):
     timeout: Duration | None = None
     idle_timeout: Duration | None = None
     retries: Retries = Retries()
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         check_route(self)
@@ -304,6 +323,8 @@ def check_route(route: Route) -> None:
     _check_modifiers(route)
     _check_limits(route)
     _check_retries(route.retries, "$.retries")
+    if route.rate_limit is not None:
+        _check_rate_limit(route.rate_limit, "$.rate_limit")
 
 
 def _check_match(match: RouteMatch, at: str) -> None:
@@ -444,6 +465,22 @@ def _check_retries(retries: Retries, at: str) -> None:
         _within(retries.budget.percent, f"{at}.budget.percent", 0, 1000)
         _within(retries.budget.min_per_second, f"{at}.budget.min_per_second", 0, 1_000_000)
         _within(seconds(retries.budget.ttl, f"{at}.budget.ttl"), f"{at}.budget.ttl", 1, 60)
+
+
+def _check_rate_limit(limit: RateLimit, at: str) -> None:
+    try:
+        rate = parse_rate(limit.rate)
+    except ValueError as exc:
+        raise _fail(f"{at}.rate", str(exc)) from None
+    _within(rate, f"{at}.rate", 1e-6, 1_000_000)
+    if limit.burst is not None:
+        _within(limit.burst, f"{at}.burst", 1, 1_000_000)
+    key = limit.key
+    if key.startswith("header:"):
+        _header_name(key.removeprefix("header:"), f"{at}.key")
+    elif key not in ("client_ip", "route"):
+        raise _fail(f"{at}.key", f'must be "client_ip", "route" or "header:NAME", got {key!r}')
+    _within(limit.max_keys, f"{at}.max_keys", 1, 10_000_000)
 
 
 # -- wire form ------------------------------------------------------------------------------
