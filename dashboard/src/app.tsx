@@ -138,7 +138,7 @@ export function App() {
             <Route path="/services/:name" component={Service} />
             <Route path="/topology" component={Topology} />
             <Route path="/config" component={ConfigBrowser} />
-            <Route path="/config/:ns/:group/:key" component={ConfigKey} />
+            <Route path="/config/:ns/:group/:entry" component={ConfigKey} />
             <Route path="/routes" component={Routes} />
             <Route path="/routes/:name" component={RouteEdit} />
             <Route path="/policies" component={Policies} />

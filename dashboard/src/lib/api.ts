@@ -70,7 +70,8 @@ export async function request(path: string, init: RequestInit = {}): Promise<Res
   return response;
 }
 
-async function failure(response: Response): Promise<ApiError> {
+/** The server's JSON error of a failed response, as an `ApiError`. */
+export async function failure(response: Response): Promise<ApiError> {
   const text = await response.text();
   try {
     const body = JSON.parse(text) as { error?: Record<string, unknown> };
