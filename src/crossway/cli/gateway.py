@@ -4,6 +4,7 @@
     crossway gateway --config gateway.yaml [--port 7780] [--admin-port 7790] [--workers N]
     crossway gateway --config gateway.yaml --tls-cert cert.pem --tls-key key.pem
     crossway gateway --control-plane URL --access-log sample:0.1 [--no-telemetry]
+    crossway gateway --config gateway.yaml --redis-url redis://127.0.0.1:6379/0
 
 Routes come from the control plane (`PUT /v1/routes/{name}`, followed live)
 or from a YAML file with the same schema; endpoints come from the control
@@ -12,8 +13,9 @@ plane the endpoints. With a control plane the gateway pushes golden signals
 and spans to it (`--no-telemetry` turns that off); `--access-log` writes
 JSON lines on stdout (`off`, `full`, or `sample:R`). `--workers N` runs N
 processes sharing the port (SO_REUSEPORT); the admin port is served by the
-first. A bad config file is one line on stderr naming the file, line and
-field, and exit status 1.
+first. `--redis-url` (or `redis_url:` in the file) is the Redis that routes'
+global rate limits count on. A bad config file is one line on stderr naming
+the file, line and field, and exit status 1.
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ def gateway(
             help="Share of new traces recorded (a client's decision is kept).",
         ),
     ] = 1.0,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            envvar="CROSSWAY_GATEWAY_REDIS_URL",
+            help="Redis for global rate limits (redis://host:6379/0).",
+        ),
+    ] = None,
 ) -> None:
     """Run the API gateway (HTTP/1.1 reverse proxy with routes from the control plane)."""
     if control_plane is None and config is None:
@@ -116,6 +126,7 @@ def gateway(
         stats_interval=_interval(stats_interval),
         trace_sample_rate=trace_sample_rate,
         access_log=access_log,
+        redis_url=redis_url,
     )
     try:
         run_gateway(settings)

@@ -34,12 +34,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
 from crossway.balance import Endpoint
 from crossway.core.clock import SystemClock
 from crossway.core.errors import InvalidArgument
 from crossway.proxy.admin import AdminHandler, GatewayStats
 from crossway.proxy.clusters import Clusters
 from crossway.proxy.gateway import Gateway
+from crossway.proxy.ratelimit import REDIS_DEADLINE, routes_needing_redis
 from crossway.proxy.routes.config import EMPTY, GatewayConfig, load_config
 from crossway.proxy.routes.follow import follow_control_plane
 from crossway.proxy.server import ProxyServer
@@ -73,6 +76,8 @@ class GatewaySettings:
     trace_sample_rate: float = 1.0
     access_log: str = "off"
     """`off`, `full` or `sample:R` (proxy/telemetry.py)."""
+    redis_url: str | None = None
+    """Redis for global rate limits; else the config file's `redis_url`."""
 
 
 @dataclass(slots=True)
@@ -97,12 +102,14 @@ async def serve_gateway(
     stats = GatewayStats()
     clusters = Clusters(clock=clock)
     telemetry = build_telemetry(_telemetry_settings(settings), clock=clock)
+    redis = _redis(settings, config)
     gateway = Gateway(
         config,
         clusters=clusters,
         pool=UpstreamPool(clock=clock),
         stats=stats,
         telemetry=telemetry,
+        redis=redis,
     )
     state = _Running(gateway, ready=settings.config_path is not None)
     server = ProxyServer(gateway, clock=clock)
@@ -116,6 +123,8 @@ async def serve_gateway(
         if admin is not None:
             stack.push_async_callback(admin.stop)
         stack.callback(gateway.pool.close)
+        if redis is not None:
+            stack.push_async_callback(_close_redis, redis)
         if telemetry is not None:
             await telemetry.start()
             stack.push_async_callback(telemetry.aclose)
@@ -124,6 +133,33 @@ async def serve_gateway(
         if started is not None:
             started.set_result((port, admin_port))
         await asyncio.Event().wait()
+
+
+def _redis(settings: GatewaySettings, config: GatewayConfig) -> aioredis.Redis[bytes] | None:
+    """The client for global rate limits (not connected yet: redis-py
+    connects on first use). Raises InvalidArgument for a URL it cannot use,
+    or a config file with global limits and no Redis, naming the routes."""
+    url = settings.redis_url or config.redis_url
+    if url is None:
+        needing = routes_needing_redis(config.routes.items())
+        if needing:
+            raise InvalidArgument(
+                f"route {', '.join(needing)}: rate_limit.scope global needs a Redis "
+                "(--redis-url or redis_url: in the config file)",
+                field="redis_url",
+            )
+        return None
+    try:
+        return aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_DEADLINE, socket_connect_timeout=REDIS_DEADLINE
+        )
+    except ValueError as exc:
+        raise InvalidArgument(f"redis url {url!r}: {exc}", field="redis_url") from None
+
+
+async def _close_redis(client: aioredis.Redis[bytes]) -> None:
+    # redis-py 5+ names it aclose; the typeshed stubs still know only close.
+    await client.aclose()  # type: ignore[attr-defined]
 
 
 def _telemetry_settings(settings: GatewaySettings) -> TelemetrySettings:
@@ -220,8 +256,8 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 def run_gateway(settings: GatewaySettings) -> None:
     """Run the gateway in this process (and `workers - 1` forked ones) until signalled."""
-    if settings.config_path is not None:
-        load_config(settings.config_path)  # fail before forking, once
+    config = load_config(settings.config_path) if settings.config_path is not None else EMPTY
+    _redis(settings, config)  # fail before forking, once (the client is not used)
     _tls(settings)
     _telemetry_settings(settings)
     children = [_fork(settings, worker) for worker in range(1, settings.workers)]
