@@ -172,3 +172,20 @@ def test_crossway_traces_lists_matches(server_url: str) -> None:
     bad = runner.invoke(cli(), ["traces", "--min-duration", "soon", "--url", server_url])
     assert bad.exit_code == 1
     assert "--min-duration" in bad.output
+
+
+def test_pasted_ids_and_narrow_terminals(server_url: str) -> None:
+    runner = CliRunner()
+    pasted = runner.invoke(cli(), ["trace", "AA\n", "--url", server_url, "--json"])
+    assert pasted.exit_code == 0, pasted.output
+    assert len(json.loads(pasted.output)) == 5
+    bad = runner.invoke(cli(), ["trace", "not-an-id", "--url", server_url])
+    assert bad.exit_code == 1
+    assert "not a trace id" in bad.output
+    assert "Traceback" not in bad.output
+    # At 80 columns the id stays whole, so it can be copied into `crossway trace`.
+    narrow = runner.invoke(
+        cli(), ["traces", "--service", "billing", "--url", server_url], env={"COLUMNS": "80"}
+    )
+    assert narrow.exit_code == 0, narrow.output
+    assert "00000000000000aa" in narrow.output

@@ -117,8 +117,11 @@ def trace(
     """Show one trace as a waterfall: services, spans, timing and errors."""
 
     def action() -> None:
+        wanted = trace_id.strip().lower()  # ids pasted from a terminal bring their newline
+        if not (1 <= len(wanted) <= 32 and all(c in "0123456789abcdef" for c in wanted)):
+            raise CliFailure(f"{trace_id.strip()!r} is not a trace id (1 to 32 hex digits)")
         with ControlPlane(url, token) as cp:
-            response = cp.call("GET", f"/api/v2/trace/{trace_id}")
+            response = cp.call("GET", f"/api/v2/trace/{wanted}")
         spans = _decode(_spans_decoder, response.content)
         if json:
             echo_json(msgspec.to_builtins(spans))
@@ -217,6 +220,11 @@ def _millis(flag: str, text: str) -> int:
 
 def render_list(found: Sequence[Sequence[Span]]) -> Table:
     table = Table("TRACE", "ROOT", "START", "DURATION", "SPANS", "ERRORS", box=None)
+    # The id is what users copy into `crossway trace ID`: never cut it short,
+    # let the root's name wrap instead.
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = 32
+    table.columns[2].no_wrap = True
     for spans in found:
         root = _root(spans)
         errors = sum(s.is_error for s in spans)
