@@ -37,7 +37,6 @@ from crossway.server.logs import configure_logging
 from crossway.server.run import serve
 from crossway.server.settings import ServerSettings
 from crossway.up.api import process_routes
-from crossway.up.health import close_probes
 from crossway.up.lock import UpLock
 from crossway.up.logs import LogHub
 from crossway.up.ports import port_is_free
@@ -137,7 +136,6 @@ class Up:
         finally:
             self.logs.close()
             await self.client.close()
-            await close_probes()
             self.lock.release()
         return 0
 

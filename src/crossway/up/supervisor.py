@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -47,12 +48,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from crossway.core.errors import Conflict, InvalidArgument, NotFound
-from crossway.up.health import probe
+from crossway.up.health import Prober
 from crossway.up.logs import LogHub
 from crossway.up.policy import Backoff, RestartMode, State, after_exit, describe_exit
 from crossway.up.ports import PortAllocator, PortUnavailable
 from crossway.up.project import substitute
 from crossway.up.spec import HealthSpec
+
+log = logging.getLogger("crossway.up")
 
 MAX_REPLICAS = 64
 DRAIN_SECONDS = 1.0
@@ -160,6 +163,7 @@ class Supervisor:
         self.order: list[str] = []
         self._generations: dict[tuple[str, int], int] = {}
         self._closing = False
+        self.prober = Prober()
 
     # The state, as GET /v1/processes shows it.
 
@@ -212,7 +216,12 @@ class Supervisor:
     async def _run(self, group: Group, replica: Replica) -> None:
         spec = group.spec
         while True:
-            code = await self._one_process(group, replica)
+            try:
+                code = await self._one_process(group, replica)
+            except Exception as exc:  # a bug here must not leave the replica unsupervised
+                log.exception("supervising %s failed", replica.label)
+                self.logs.note(spec.service, f"{replica.label}: internal error: {exc!r}")
+                code = 127
             replica.last_exit = {"code": code, "at": self.wall()}
             replica.pid, replica.process = None, None
             replica.healthy.clear()
@@ -353,7 +362,7 @@ class Supervisor:
         started = self.monotonic()
         failed = 0
         while True:
-            ok = await probe(health, replica.port)
+            ok = await self.prober.check(health, replica.port)
             if ok:
                 failed = 0
                 self._mark_healthy(replica)
@@ -419,6 +428,7 @@ class Supervisor:
             await asyncio.gather(
                 *(self._stop(group, r, deregister=False) for r in list(group.replicas))
             )
+        await self.prober.close()
 
     # Scaling and rolling restarts.
 
