@@ -150,4 +150,17 @@ def test_retry_budgets_are_shared_per_service_and_setting() -> None:
     assert budgets.budget("b", percent=20, min_per_second=0, ttl=10) is not one
     for _ in range(10):
         one.deposit()
-    assert [one.try_withdraw() for _ in range(3)] == [True, True, False]
+    assert one.budget.balance() == 2
+
+
+def test_reservations_keep_two_requests_from_counting_on_one_retry() -> None:
+    gate = RetryBudgets(clock=VirtualClock()).budget("a", percent=20, min_per_second=0, ttl=10)
+    for _ in range(5):
+        gate.deposit()  # one retry earned
+    assert gate.reserve()
+    assert not gate.reserve()  # the only retry is held
+    gate.cancel()  # not needed after all
+    assert gate.reserve()
+    gate.spend()
+    assert not gate.reserve()
+    assert gate.reserved == 0

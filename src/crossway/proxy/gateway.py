@@ -59,7 +59,7 @@ from crossway.proxy.errors import (
 from crossway.proxy.forward import RetriableStatus, forward
 from crossway.proxy.headers import ForwardingPolicy, Headers, HeaderView
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
-from crossway.proxy.overload import RetryBudgets, ServiceGuards
+from crossway.proxy.overload import RetryBudgets, RetryGate, ServiceGuards
 from crossway.proxy.ratelimit import RateLimitExceeded, RateLimits, RouteLimit
 from crossway.proxy.routes.actions import (
     LocalResponse,
@@ -73,7 +73,6 @@ from crossway.proxy.routes.table import CompiledRoute, Match
 from crossway.proxy.stream import ClientBodyError, Stream
 from crossway.proxy.telemetry import GatewayTelemetry
 from crossway.proxy.upstream import UpstreamPool
-from crossway.resilience import RetryBudget
 from crossway.resilience.redis_limiter import AsyncScriptingClient
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -248,10 +247,11 @@ class Gateway:
             if self.telemetry is not None:  # trace context and caller, upstream noted
                 extra, drop = self.telemetry.upstream(edits.extra, edits.drop, service, endpoint)
                 edits = edits._replace(extra=extra, drop=drop)
-            # The budget is asked before an answer could be dropped, so a
-            # retry it refuses relays that answer instead.
+            # A retry is reserved before an answer could be dropped for it,
+            # so a retry the budget refuses relays that answer instead.
             final = attempt + 1 >= attempts
-            spent = not final and budget is not None and not budget.can_retry()
+            held = budget if not final and budget is not None and budget.reserve() else None
+            spent = not final and budget is not None and held is None
             statuses: frozenset[int] = frozenset() if final or spent else retriable
             timeout, overall = _attempt_timeout(plan, deadline - self._clock.now())
             try:
@@ -260,11 +260,9 @@ class Gateway:
                 )
             except RetriableStatus:
                 tried.add(endpoint.id)
-                if budget is not None and not budget.try_withdraw():
-                    # Spent by a concurrent request since `can_retry`; the
-                    # answer is dropped already, so this retry goes ahead (the
-                    # budget is overdrawn by at most one per request in flight).
-                    self._retry_refused(service)
+                if held is not None:
+                    held.spend()
+                    held = None
             except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout) as error:
                 tried.add(endpoint.id)
                 if final or not _may_retry(stream, route, error):
@@ -274,14 +272,21 @@ class Gateway:
                 # A connect failure sent nothing, so its retry adds no work to
                 # the upstream and does not draw on the budget (Finagle's
                 # requeues); outlier ejection stops picking a dead endpoint.
-                free = isinstance(error, UpstreamConnectFailed)
-                if budget is not None and not free and not budget.try_withdraw():
+                if isinstance(error, UpstreamConnectFailed):
+                    pass
+                elif held is not None:
+                    held.spend()
+                    held = None
+                elif spent:
                     self._retry_refused(service)
                     raise
             else:
                 if spent and status in retriable:
                     self._retry_refused(service)
                 return status
+            finally:
+                if held is not None:
+                    held.cancel()
             if self.stats is not None:
                 self.stats.retried(match.route.name)
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -382,7 +387,7 @@ class Gateway:
         """The route's deadline across all attempts (the gateway default without one)."""
         return self.options.default_timeout if route.timeout is None else _seconds(route.timeout)
 
-    def _budgets(self, route: Route) -> dict[str, RetryBudget]:
+    def _budgets(self, route: Route) -> dict[str, RetryGate]:
         """The retry budget of each service the route forwards to."""
         spec = route.retries.budget
         if spec is None or route.retries.attempts <= 1:
@@ -491,7 +496,7 @@ class _RoutePlan(NamedTuple):
     timeout: float
     """The overall deadline across attempts, in seconds."""
     per_try: float | None
-    budgets: dict[str, RetryBudget]
+    budgets: dict[str, RetryGate]
     limit: RouteLimit | None
 
 

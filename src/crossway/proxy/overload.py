@@ -32,8 +32,13 @@
 #
 # `RetryBudgets` holds Finagle's retry budget (crossway.resilience) per
 # upstream service and budget setting, shared by every route with that
-# setting; the engine deposits once per request and withdraws once per
-# retry.
+# setting, behind a `RetryGate`: the engine deposits once per request and,
+# before an attempt whose answer it might drop for a retry, reserves one
+# retry; after the attempt it spends the reservation (the retry happens) or
+# cancels it. A retry the gate cannot reserve is refused before the attempt,
+# so the attempt's answer is relayed rather than dropped; reservations make
+# that exact under concurrency (requests in flight cannot all count on the
+# same last retry).
 #
 # Invariants
 # ----------
@@ -279,24 +284,58 @@ def _same_limits(old: CallPolicy, new: CallPolicy) -> bool:
     return old.bulkhead == new.bulkhead and old.breaker == new.breaker
 
 
+class RetryGate:
+    """A retry budget with reservations (see the module header); one event
+    loop only. Every `reserve` that returns True is followed by exactly one
+    `spend` or `cancel`."""
+
+    __slots__ = ("budget", "reserved")
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+        self.reserved = 0
+
+    def deposit(self) -> None:
+        """One request was made."""
+        self.budget.deposit()
+
+    def reserve(self) -> bool:
+        """Hold one retry for a request about to try; False when none is left."""
+        if self.budget.balance() - self.reserved <= 0:
+            return False
+        self.reserved += 1
+        return True
+
+    def spend(self) -> None:
+        """The held retry is taken. (Deposits that expired while the attempt
+        ran can leave nothing to withdraw; the retry goes ahead regardless,
+        its answer having been dropped already.)"""
+        self.reserved -= 1
+        self.budget.try_withdraw()
+
+    def cancel(self) -> None:
+        """The held retry was not needed."""
+        self.reserved -= 1
+
+
 class RetryBudgets:
     """Finagle's retry budget per (service, budget setting), kept across swaps."""
 
     def __init__(self, *, clock: Clock) -> None:
         self._clock = clock
-        self._budgets: dict[tuple[str, float, float, float], RetryBudget] = {}
+        self._budgets: dict[tuple[str, float, float, float], RetryGate] = {}
 
     def budget(
         self, service: str, *, percent: float, min_per_second: float, ttl: float
-    ) -> RetryBudget:
+    ) -> RetryGate:
         key = (service, percent, min_per_second, ttl)
         found = self._budgets.get(key)
         if found is None:
-            found = RetryBudget(
+            budget = RetryBudget(
                 ttl=ttl,
                 min_retries_per_sec=min_per_second,
                 percent_can_retry=percent / 100.0,
                 clock=self._clock,
             )
-            self._budgets[key] = found
+            found = self._budgets[key] = RetryGate(budget)
         return found
