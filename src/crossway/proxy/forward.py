@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -222,16 +223,24 @@ async def _pump_body(stream: Stream, conn: UpstreamConnection, limit: int | None
 async def _await_head(
     conn: UpstreamConnection, pump: asyncio.Task[None] | None, timeout: float, *, retry_ok: bool
 ) -> ResponseHead:
-    loop = asyncio.get_running_loop()
+    # One timer on the connection (no asyncio.timeout scope, whose
+    # cancellation machinery cost more than the rest of the wait): when it
+    # fires it closes the connection, which wakes the read below.
+    after_body = None
+    if pump is None:
+        conn.arm_timeout(timeout)
+    else:
+        after_body = functools.partial(_after_body, conn=conn, timeout=timeout)
+        pump.add_done_callback(after_body)
     try:
-        async with asyncio.timeout(None) as deadline:
-            if pump is None:
-                deadline.reschedule(loop.time() + timeout)
-            else:
-                pump.add_done_callback(lambda task: _after_body(task, conn, deadline, timeout))
-            event = await conn.next_event()
-    except TimeoutError:
-        raise UpstreamTimeout(f"no response within {timeout:g}s", reason="timeout") from None
+        event = await conn.next_event()
+    finally:
+        conn.disarm_timeout()
+        if after_body is not None:
+            assert pump is not None
+            pump.remove_done_callback(after_body)
+    if conn.timed_out:
+        raise UpstreamTimeout(f"no response within {timeout:g}s", reason="timeout")
     if pump is not None and pump.done() and pump.exception() is not None:
         _raise_body_error(pump)
     if isinstance(event, ResponseReceived):
@@ -243,15 +252,13 @@ async def _await_head(
     raise UpstreamProtocolError("upstream sent an invalid response", reason="protocol_error")
 
 
-def _after_body(
-    pump: asyncio.Task[None], conn: UpstreamConnection, deadline: asyncio.Timeout, timeout: float
-) -> None:
+def _after_body(pump: asyncio.Task[None], *, conn: UpstreamConnection, timeout: float) -> None:
     # Body fully sent: the response-head clock starts now. A failed body
     # closes the upstream so the read waiting for the head wakes up.
     if not pump.cancelled() and pump.exception() is not None:
         conn.close()
-    elif deadline.when() is None:
-        deadline.reschedule(asyncio.get_running_loop().time() + timeout)
+    else:
+        conn.arm_timeout(timeout)
 
 
 def _raise_body_error(pump: asyncio.Task[None]) -> None:

@@ -60,6 +60,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.exchanges = 0
         self.idle_since = 0.0
+        self.timed_out = False
+        self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self._inbox: Inbox[ResponseEvent] | None = None
 
@@ -123,6 +125,22 @@ class UpstreamConnection(asyncio.Protocol):
         if self._transport is not None and not self.closed:
             self.closed = True
             self._transport.abort()
+
+    def arm_timeout(self, delay: float) -> None:
+        """Close the connection, setting `timed_out`, unless disarmed within `delay`."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, self._time_out)
+
+    def disarm_timeout(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _time_out(self) -> None:
+        self._timer = None
+        self.timed_out = True
+        self.close()
 
 
 class EndpointPool:
