@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { Card, Empty, InlineError, Page, Status } from "../components/Page";
 import { Editor } from "../components/Editor";
 import { SideBySide } from "../components/Diff";
@@ -80,6 +80,10 @@ export function ConfigKey({ ns, group, entry }: { ns: string; group: string; ent
   const fmt = format ?? server?.format ?? formatOf(entry);
   const dirty = draft !== null && draft !== server?.content;
   const hint = useMemo(() => lint(fmt, text), [fmt, text]);
+  // The editor follows the server's content only while nothing is drafted.
+  const followedRef = useRef("");
+  if (draft === null) followedRef.current = `${base}@${server?.version}:${server?.content.length}`;
+  const followed = followedRef.current;
 
   async function save() {
     setBusy(true);
@@ -147,7 +151,7 @@ export function ConfigKey({ ns, group, entry }: { ns: string; group: string; ent
           <Editor
             testid="config-editor"
             value={text}
-            resetKey={draft === null ? `${base}@${server?.version}:${server?.content.length}` : "draft"}
+            resetKey={followed}
             language={fmt}
             onChange={(t) => (setDraft(t), setSaved(null))}
           />
