@@ -211,7 +211,7 @@ def test_a_rolling_restart_fails_no_request_through_the_gateway(up: Up) -> None:
     before = {r["instance_id"] for r in up.processes("tiny")}
     result = up.cli("restart", "tiny")
     assert result.returncode == 0, result.stderr
-    failures, answered, served_by = 0, 0, set()
+    failures, answered, served_by, errors = 0, 0, set(), []
     deadline = time.monotonic() + 30
     with httpx.Client(base_url=f"http://127.0.0.1:{up.gateway}", timeout=5) as client:
         while time.monotonic() < deadline:
@@ -219,20 +219,24 @@ def test_a_rolling_restart_fails_no_request_through_the_gateway(up: Up) -> None:
                 response = client.get("/")
                 ok = response.status_code == 200
                 served_by.add(response.text.strip())
-            except httpx.HTTPError:
+                if not ok:
+                    errors.append(f"{response.status_code} {response.text[:200]}")
+            except httpx.HTTPError as exc:
                 ok = False
+                errors.append(repr(exc))
             failures += not ok
             answered += 1
             if "rolling restart done" in up.output():
                 break
             time.sleep(0.02)
     after = {r["instance_id"] for r in up.processes("tiny")}
-    assert "rolling restart done" in up.output()
-    assert failures == 0, f"{failures} of {answered} requests failed"
+    context = f"before={before} after={after} served_by={served_by}\n{up.output()[-4000:]}"
+    assert "rolling restart done" in up.output(), context
+    assert failures == 0, f"{failures} of {answered} requests failed; {errors}\n{context}"
     assert answered > 20
-    assert len(after) == 2
-    assert not after & before
-    assert any(name.endswith(tuple(after)) for name in served_by)
+    assert len(after) == 2, context
+    assert not after & before, context
+    assert any(name.endswith(tuple(after)) for name in served_by), context
 
 
 def test_logs_prints_the_last_lines(up: Up) -> None:
