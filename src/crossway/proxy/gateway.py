@@ -8,17 +8,23 @@
 # finish on the configuration they started with and nothing is dropped —
 # then:
 #
-#   1. `config.table.match(...)`  -> 404 `no_route` when nothing matches
+#   1. `config.table.match(...)`  -> 404 `no_route` when nothing matches;
+#      the route's rate limit, if any (ratelimit.py) -> 429 `rate_limited`
 #   2. `decide(...)` (routes/actions.py, pure) -> a local answer, a fault
 #      delay, or a backend service and upstream path
-#   3. `Clusters.pick(service, balancer)` -> 503 `no_healthy_upstream`
-#   4. `forward(...)` with the route's timeout; connect failures and resets
-#      (nothing reached the client yet) are retried on another pick when the
-#      route's retries allow it: every method for a connect failure (nothing
-#      was sent), idempotent methods without a body for a reset and for the
+#   3. the service's circuit breaking, if its call policy has any
+#      (overload.py) -> 503 `upstream_overloaded` / `breaker_open`
+#   4. `Clusters.pick(service, balancer)` -> 503 `no_healthy_upstream`
+#   5. `forward(...)` within the route's deadline (its `timeout`, across all
+#      attempts; each attempt also within `per_try_timeout`); connect
+#      failures, resets and per-try timeouts (nothing reached the client
+#      yet) are retried on another pick when the route's retries allow it:
+#      every method for a connect failure (nothing was sent), idempotent
+#      methods without a body for a reset, a per-try timeout and the
 #      retriable statuses (5xx, gateway-error, listed codes), whose answer is
-#      dropped unseen — except on the last attempt, which is relayed as is.
-#   5. a route that mirrors sends a copy of a bodiless request to the shadow
+#      dropped unseen — except on the last attempt, or when the service's
+#      retry budget has no retry to reserve: then the answer is relayed.
+#   6. a route that mirrors sends a copy of a bodiless request to the shadow
 #      service in the background (Host suffixed `-shadow`); its answer and
 #      failures are dropped and never delay the client.
 #
