@@ -242,3 +242,18 @@ def test_the_demo_shop_file_loads() -> None:
         pytest.skip("no examples/shop in this checkout")
     spec = load_file(demo)
     assert {"web", "orders", "inventory", "payments"} <= set(spec.services)
+
+
+def test_dependency_problems_come_with_the_field_problems() -> None:
+    found = problems("""\
+        version: 1
+        services:
+          web:
+            command: web
+            replicas: -1
+            depends_on: [nope]
+        """)
+    assert found == [
+        "crossway.yaml:5:15: services.web.replicas: must be >= 1",
+        "crossway.yaml:6:18: services.web.depends_on[0]: unknown service 'nope'",
+    ]

@@ -86,36 +86,57 @@ def load_text(text: str, *, file: str = "crossway.yaml", folder: Path | None = N
     if not isinstance(data, dict) or root is None:
         raise UpFileError(file, [Problem(1, 1, "", "expected a mapping with version: 1")])
     locate = Locator(root)
+    graph = service_graph_problems(data.get("services"))
     try:
         spec = UpFile.model_validate(data)
     except ValidationError as exc:
-        raise UpFileError(file, _dedupe([locate.problem_for(e) for e in exc.errors()])) from None
-    problems = [locate.problem(path, message) for path, message in semantic_problems(spec, folder)]
-    if problems:
-        raise UpFileError(file, problems)
+        problems = [locate.problem_for(e) for e in exc.errors()]
+        problems += [locate.problem(path, message) for path, message in graph]
+        raise UpFileError(file, _dedupe(problems)) from None
+    checked = graph + semantic_problems(spec, folder)
+    if checked:
+        raise UpFileError(file, [locate.problem(path, message) for path, message in checked])
     return spec
 
 
-def semantic_problems(spec: UpFile, folder: Path | None) -> list[tuple[list[PathPart], str]]:
-    """What the models cannot check field by field: (path, message) pairs."""
+def service_graph_problems(services: object) -> list[tuple[list[PathPart], str]]:
+    """Service names and dependencies, checked on the raw data so that they are
+    reported together with the models' problems."""
+    if not isinstance(services, dict):
+        return []
     problems: list[tuple[list[PathPart], str]] = []
-    names = list(spec.services)
-    for name, service in spec.services.items():
+    graph: dict[str, list[str]] = {}
+    for name, service in services.items():
         where: list[PathPart] = ["services", name]
-        if not SERVICE_NAME.fullmatch(name):
+        if not isinstance(name, str) or not SERVICE_NAME.fullmatch(name):
             problems.append((where, "a service name is lowercase letters, digits and -"))
         elif name in RESERVED_NAMES:
             problems.append((where, f"{name!r} is reserved for crossway's own process"))
-        for i, dependency in enumerate(service.depends_on):
-            if dependency not in spec.services:
+        depends = service.get("depends_on") if isinstance(service, dict) else None
+        if not isinstance(depends, list):
+            continue
+        graph[str(name)] = []
+        for i, dependency in enumerate(depends):
+            if not isinstance(dependency, str):
+                continue  # the models say what is wrong with it
+            if dependency not in services:
                 problems.append(([*where, "depends_on", i], f"unknown service {dependency!r}"))
             elif dependency == name:
                 problems.append(([*where, "depends_on", i], "a service cannot depend on itself"))
-    cycle = find_cycle({n: [d for d in s.depends_on if d != n] for n, s in spec.services.items()})
+            else:
+                graph[str(name)].append(dependency)
+    cycle = find_cycle(graph)
     if cycle:
         problems.append(
             (["services", cycle[0], "depends_on"], "dependency cycle: " + " -> ".join(cycle))
         )
+    return problems
+
+
+def semantic_problems(spec: UpFile, folder: Path | None) -> list[tuple[list[PathPart], str]]:
+    """What the models cannot check field by field, once they passed: (path, message) pairs."""
+    problems: list[tuple[list[PathPart], str]] = []
+    names = list(spec.services)
     problems.extend(_port_problems(spec, names))
     problems.extend(document_problems(spec))
     if folder is not None:
