@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,3 +138,33 @@ async def test_a_policy_put_on_the_control_plane_reaches_a_running_gateway(
                 await task
             await cp.delete(instance)
             await cp.delete(f"/v1/routes/{route}")
+
+
+@pytest.mark.integration
+async def test_the_admin_port_shows_policies_and_limits(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "routes:\n"
+        "  r: {match: {path_prefix: /}, backends: [{service: orders}]}\n"
+        "policies:\n"
+        "  orders: {bulkhead: {max_concurrent: 7}}\n"
+    )
+    settings = GatewaySettings(
+        config_path=path, host="127.0.0.1", port=0, admin_port=0, telemetry=False
+    )
+    started: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(serve_gateway(settings, started=started))
+    try:
+        port, admin_port = await asyncio.wait_for(started, 10)
+        async with httpx.AsyncClient() as client:
+            no_instances = await client.get(f"http://127.0.0.1:{port}/x")
+            dump = (await client.get(f"http://127.0.0.1:{admin_port}/config_dump")).json()
+            stats = (await client.get(f"http://127.0.0.1:{admin_port}/stats")).text
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert no_instances.json()["error"]["code"] == "no_healthy_upstream"
+    assert dump["policies"] == {"orders": {"bulkhead": {"max_concurrent": 7}}}
+    for name in ("upstream_overloaded", "breaker_trips", "retry_budget_refused", "rate_limited"):
+        assert f"# TYPE crossway_gateway_{name}_total counter" in stats

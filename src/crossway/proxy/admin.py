@@ -17,7 +17,8 @@
 #                      circuit breaking (overload refusals, breaker trips and
 #                      retries the budget refused, per service) and rate
 #                      limits (refusals, Redis failures, per route)
-#   GET /config_dump   the routes in force, as JSON documents, and the version
+#   GET /config_dump   the routes and call policies in force, as JSON
+#                      documents, and the version
 #   GET /clusters      every backend service's endpoints with health
 #
 # Invariants
@@ -39,6 +40,7 @@ from crossway.proxy.headers import Headers
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
 from crossway.proxy.routes.model import encode_route
 from crossway.proxy.stream import Stream
+from crossway.traffic.policy import encode_policy
 
 if TYPE_CHECKING:
     from crossway.proxy.gateway import Gateway
@@ -201,7 +203,9 @@ class AdminHandler:
     def _page_config(self) -> tuple[int, bytes, bytes]:
         config = self._gateway.config
         routes = {name: msgspec.json.decode(encode_route(r)) for name, r in config.routes.items()}
-        return 200, b"application/json", _json({"version": config.version, "routes": routes})
+        policies = {n: msgspec.json.decode(encode_policy(p)) for n, p in config.policies.items()}
+        dump = {"version": config.version, "routes": routes, "policies": policies}
+        return 200, b"application/json", _json(dump)
 
     def _page_clusters(self) -> tuple[int, bytes, bytes]:
         guards = self._gateway.guards.all()
