@@ -326,3 +326,17 @@ def test_a_bad_file_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
         f"{file}:5:15: services.a.replicas: must be >= 1",
         f"{file}:6:5: services.a.foo: unknown field",
     ]
+
+
+def test_services_do_not_outlive_a_killed_up(tmp_path: Path) -> None:
+    running = start_up(tmp_path)
+    try:
+        wait_for("tiny to be healthy", lambda: all_healthy(running, "tiny", 2), running)
+        pids = [r["pid"] for r in running.processes()]
+    finally:
+        running.process.kill()  # SIGKILL: no chance to stop anything itself
+        running.process.wait(10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    assert [pid for pid in pids if pid_alive(pid)] == []

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -281,6 +282,7 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
                 limit=1 << 20,
             )
         except OSError as exc:
@@ -508,6 +510,30 @@ class Supervisor:
         except TimeoutError:
             return False
         return not registers
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a function for the child (between fork and exec) asking the
+    kernel to SIGTERM it when `crossway up` dies, however it dies: a SIGKILLed
+    `up` must not leave services holding their ports. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    set_death_signal, parent = 1, os.getpid()  # PR_SET_PDEATHSIG
+
+    def arrange() -> None:
+        prctl(set_death_signal, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
+
+
+_die_with_parent = _parent_death_signal()
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:
