@@ -4,6 +4,7 @@
     DELETE /v1/services/{service}/instances/{id}     deregister
     PUT    /v1/leases/{lease}/keepalive               renew every instance on a lease
     POST   /v1/leases/keepalive                       renew many leases: {"leases": [hex…]}
+    POST   /v1/leases/keepalive/stream                renew leases sent as lines of a stream
     GET    /v1/services                               services with counts (blocking query)
     GET    /v1/services/{service}?healthy=&zone=&tag= instances (blocking query)
     GET|PUT /v1/services/{service}/settings          per-service protect threshold
@@ -14,6 +15,11 @@ accept `?index=N&wait=30s` (Consul-style): a service query blocks until that
 service changes after N, the service list until any service does. The changes
 themselves stream from `GET /v1/watch?prefix=/services/…` (see watch.py).
 
+The keepalive stream is etcd's LeaseKeepAlive over HTTP/1.1: the request
+body is a chunked stream of lease ids, one per line, for as long as the client
+likes; the response streams back one line per id (`KeepaliveStream`). A
+renewal then costs a few bytes instead of a request.
+
 `routes(ctx)` builds the registry's moving parts once per process — the
 catalog, the self-preservation guard and the active health checker — starts
 them with the server and stops them before the store closes.
@@ -22,6 +28,8 @@ them with the server and stops them before the store closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -32,16 +40,19 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from crossway.core.errors import InvalidArgument
 from crossway.health import HealthChecker
 from crossway.registry import Catalog, Instance, Registration, Registry
 from crossway.registry.guard import PreservationGuard
-from crossway.registry.model import SETTINGS_PREFIX, check_name
+from crossway.registry.model import SETTINGS_PREFIX, check_name, lease_from_text
 from crossway.server.blocking import BlockingParams, first_of, jittered_wait
 from crossway.server.context import ServerContext
 from crossway.server.http import Endpoint, QuietRoute, json_response, read_json
 from crossway.store import Store
+
+log = logging.getLogger("crossway.server")
 
 _encoder = msgspec.json.Encoder()
 
@@ -112,6 +123,11 @@ class RegistryApi:
             Route(settings, Endpoint(self.put_settings), methods=["PUT"]),
             QuietRoute("/v1/leases/{lease}/keepalive", Endpoint(self.keepalive), methods=["PUT"]),
             QuietRoute("/v1/leases/keepalive", Endpoint(self.keepalive_many), methods=["POST"]),
+            Route(
+                "/v1/leases/keepalive/stream",
+                KeepaliveStream(self.registry, self.stopping),
+                methods=["POST"],
+            ),
             Route(preservation, Endpoint(self.preservation), methods=["GET"]),
             Route(preservation, Endpoint(self.lift), methods=["DELETE"]),
         ]
@@ -250,6 +266,146 @@ class RegistryApi:
         wait = jittered_wait(params.wait, random.random())
         change = self.registry.catalog.wait_change(index_of, params.index, wait, service=service)
         await first_of([change, self.stopping.wait()], seconds=wait)
+
+
+STREAM_MAX_LINE = 64
+"""Bytes in one line of a keepalive stream; a longer line ends the stream."""
+STREAM_IDLE = 300.0
+"""Seconds a keepalive stream may stay silent before the server ends it."""
+_STREAM_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer
+    # The stream may end while the client is still sending (shutdown, idle,
+    # a bad line): the connection cannot carry another request after that.
+    (b"connection", b"close"),
+]
+
+
+class KeepaliveStream:
+    """`POST /v1/leases/keepalive/stream`: renew the leases a client sends as
+    lines of a streamed body, answering each on the streamed response.
+
+    Theory of operation
+    - The request body is newline-separated lease ids (hex), sent in chunks for
+      as long as the client likes; blank lines are allowed (a client may send
+      one to keep an otherwise silent stream open) and answer nothing.
+    - Every complete line of a received chunk is renewed with ONE
+      `Registry.keepalive_many` call (up to `MAX_KEEPALIVE_BATCH` at a time),
+      and the answers to that chunk go out in one write, one line per id and
+      in order: `<lease> <ttl seconds>` renewed, `<lease> missing` unknown or
+      expired (register again), `<text> invalid` not a lease id (the stream
+      goes on). Lines starting with `#` are notes for people; clients skip them.
+    - A partial line waits for the next chunk. The stream ends, with a `#`
+      note saying why, on a line over `max_line` bytes, after `idle` seconds
+      without a byte, when the server begins to shut down (the client
+      reconnects, to another replica if there is one), or if the store fails.
+      When the client ends its body, the last answers are sent and the
+      response ends. When the client disconnects, the handler just returns:
+      a stream holds nothing but its own buffer.
+    - uvicorn's httptools protocol lets `receive()` deliver body chunks while
+      the response is streaming, so one task reads and answers in turn.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        stopping: asyncio.Event,
+        *,
+        idle: float = STREAM_IDLE,
+        max_line: int = STREAM_MAX_LINE,
+    ) -> None:
+        self.registry = registry
+        self.stopping = stopping
+        self.idle = idle
+        self.max_line = max_line
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+        note = await self._pump(receive, send)
+        if note is not None:  # None: the client is gone, nothing to finish
+            await send({"type": "http.response.body", "body": note, "more_body": False})
+
+    async def _pump(self, receive: Receive, send: Send) -> bytes | None:
+        """Answer chunk after chunk until the stream ends; the closing note
+        (b"" when the client ended it), or None when the client went away."""
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        partial = b""
+        try:
+            while True:
+                receiving = asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait(
+                    {receiving, stopping}, timeout=self.idle, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiving not in done:
+                    await _cancel(receiving)
+                    if stopping in done:
+                        return b"# closing: the server is shutting down; reconnect\n"
+                    return b"# closing: idle for %gs\n" % self.idle
+                message = receiving.result()
+                if message["type"] == "http.disconnect":
+                    return None
+                last = not message.get("more_body", False)
+                lines, partial = split_lines(partial + message.get("body", b""), last=last)
+                if len(partial) > self.max_line or any(len(x) > self.max_line for x in lines):
+                    return b"# closing: a line is longer than %d bytes\n" % self.max_line
+                if lines:
+                    answers = await self._answer(lines)
+                    if answers is None:
+                        return b"# closing: the store failed; reconnect\n"
+                    await send({"type": "http.response.body", "body": answers, "more_body": True})
+                if last:
+                    return b""
+        finally:
+            await _cancel(stopping)
+
+    async def _answer(self, lines: list[bytes]) -> bytes | None:
+        """The answer lines to `lines`, renewing the valid ones at once; None
+        if the store failed (logged)."""
+        texts = [line.decode("utf-8", "replace") for line in lines]
+        valid = [text for text in texts if _is_lease(text)]
+        renewed: dict[str, float] = {}
+        try:
+            for start in range(0, len(valid), MAX_KEEPALIVE_BATCH):
+                done, _ = await self.registry.keepalive_many(
+                    valid[start : start + MAX_KEEPALIVE_BATCH]
+                )
+                renewed.update(done)
+        except Exception:
+            log.exception("renewing leases from a keepalive stream failed")
+            return None
+        return "".join(_answer_line(text, renewed) for text in texts).encode()
+
+
+def split_lines(data: bytes, *, last: bool) -> tuple[list[bytes], bytes]:
+    """The complete non-blank lines of `data` (stripped of spaces and "\r"),
+    and what is left of an unfinished last line (nothing when `last`)."""
+    *complete, partial = data.split(b"\n")
+    if last:
+        complete.append(partial)
+        partial = b""
+    return [line for raw in complete if (line := raw.strip())], partial
+
+
+def _is_lease(text: str) -> bool:
+    try:
+        lease_from_text(text)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def _answer_line(text: str, renewed: dict[str, float]) -> str:
+    ttl = renewed.get(text)
+    if ttl is not None:
+        return f"{text} {ttl:g}\n"
+    return f"{text} missing\n" if _is_lease(text) else f"{text} invalid\n"
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 def _flag(value: str | None, name: str) -> bool:
