@@ -46,6 +46,7 @@ from crossway.core.durations import parse_duration
 from crossway.sdk.control import ControlPlane
 from crossway.sdk.coordination import Callback, Leader, Lock, ScheduledJob, job_election
 from crossway.sdk.discovery import DiscoveryCache
+from crossway.sdk.keepalive_stream import KeepaliveChannel
 from crossway.sdk.registration import Registrar, registration_body
 from crossway.sdk.settings import ClientSettings, InvalidSettings
 from crossway.sdk.telemetry import ServiceTelemetry
@@ -91,6 +92,11 @@ class Client:
             metrics_registry=self.metrics_registry,
             clock=self.clock,
         )
+        self.keepalives = KeepaliveChannel(
+            self.control, streaming=transport is None, clock=self.clock
+        )
+        """Lease renewals: one stream to the control plane shared by every
+        registration of this client (PUT with a custom `transport`)."""
         self.telemetry = ServiceTelemetry.for_settings(settings, http=self.control.http)
         """Golden signals and spans of this service; None without a service name."""
         self._instance_id = settings.instance_id
@@ -164,6 +170,7 @@ class Client:
             body=registration_body(self.settings),
             ttl=self.settings.ttl_seconds,
             clock=self.clock,
+            keepalives=self.keepalives,
         )
         await self._registrar.start()
 
@@ -177,6 +184,7 @@ class Client:
             steps.append(functools.partial(config.stop_bindings, self))
         if self._registrar is not None:
             steps.append(functools.partial(self._registrar.stop, deregister=deregister))
+        steps.append(self.keepalives.aclose)
         if self.telemetry is not None:
             steps.append(self.telemetry.stop)
         steps += [self.discovery.stop, self.control.aclose]

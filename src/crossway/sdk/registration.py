@@ -6,6 +6,11 @@ Theory of operation
   per TTL. `KeepalivePolicy` (pure: a clock and a random source in, the next
   step out) decides what to send and when; `Registrar` is the thin asyncio
   driver that sends it.
+- Keepalives go through a `KeepaliveChannel` (crossway.sdk.keepalive_stream):
+  a line on the one stream its client keeps open to the control plane, or a
+  `PUT /v1/leases/{lease}/keepalive` where there is no stream (an older
+  control plane, a test transport). Either way the answer means the same
+  thing here, so everything below holds for both.
 - Steady state: a keepalive every ttl/3, shortened by up to 20% of jitter so
   a fleet started together spreads out and a late timer never eats into the
   margin (two keepalives may be lost before the lease can expire).
@@ -45,6 +50,7 @@ from crossway.core.clock import Clock, SystemClock
 from crossway.registry.model import Instance
 from crossway.resilience.backoff import Backoff, Jitter
 from crossway.sdk.control import ControlPlane, ControlPlaneError, ControlPlaneUnavailable
+from crossway.sdk.keepalive_stream import KeepaliveChannel
 from crossway.sdk.settings import ClientSettings, InvalidSettings
 
 log = logging.getLogger("crossway.sdk.registration")
@@ -170,8 +176,12 @@ class Registrar:
         ttl: float,
         clock: Clock | None = None,
         rand: Callable[[], float] = random.random,
+        keepalives: KeepaliveChannel | None = None,
     ) -> None:
+        """`keepalives` is the client's shared channel; without one, every
+        keepalive is a PUT (a channel of this registrar's own, never streaming)."""
         self.control = control
+        self.keepalives = keepalives or KeepaliveChannel(control, streaming=False, clock=clock)
         self.service = service
         self.instance_id = instance_id
         self.body = dict(body)
@@ -257,7 +267,7 @@ class Registrar:
     async def _keepalive(self) -> None:
         lease = self.policy.lease
         assert lease is not None
-        await self.control.keepalive(lease, timeout=self._timeout)
+        await self.keepalives.renew(lease, timeout=self._timeout)
         self._recovered(self.policy.renewed())
 
     def _refused(self, action: Action, exc: ControlPlaneError) -> None:
