@@ -65,17 +65,22 @@ from crossway.proxy.headers import Headers
 from crossway.proxy.stream import Stream
 from crossway.telemetry.signals.recorder import Recorder, StatsPusher
 from crossway.telemetry.tracecontext import (
+    RANDOM_TRACE_ID,
+    SAMPLED,
     TraceContext,
     format_b3,
     format_b3_multi,
     format_tracestate,
+    new_span_id,
+    new_trace_id,
     parse_b3,
     parse_b3_multi,
     parse_traceparent,
+    parse_tracestate,
 )
 from crossway.telemetry.traces.model import Endpoint
 from crossway.telemetry.traces.reporter import SpanReporter
-from crossway.telemetry.traces.spans import PEER_SERVICE, Sampler, server_span
+from crossway.telemetry.traces.spans import PEER_SERVICE, Sampler, make_server_span
 
 GATEWAY = "gateway"
 CALLER = b"x-crossway-caller"
@@ -83,22 +88,64 @@ TRACE_FIELDS = frozenset(
     {b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid"}
     | {b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"}
 )
+GATEWAY_BATCH = 2000
+GATEWAY_BUFFER = 20_000
 UPSTREAM_TAG = "crossway.upstream"
 CLIENT_TAG = "client.address"
 _DROPPED = TRACE_FIELDS | {CALLER}
+_HEX = [f"{flags:02x}" for flags in range(256)]
+_CACHE_LIMIT = 4096
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
+def _new_ids() -> tuple[str, str]:
+    """A new trace id and span id from one 192-bit draw (the request path's
+    share of `new_trace_id()` + `new_span_id()`, at half the calls)."""
+    text = f"{random.getrandbits(192):048x}"
+    trace_id, span_id = text[:32], text[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        return new_trace_id(), new_span_id()
+    return trace_id, span_id
 
 
 class RequestTelemetry:
-    """What the gateway's telemetry knows about one request."""
+    """What the gateway's telemetry knows about one request.
 
-    __slots__ = ("b3", "ctx", "injected", "service", "upstream")
+    The gateway span's ids are kept as plain fields rather than a
+    `TraceContext`: this object is made for every request, and a frozen
+    dataclass costs a microsecond to build."""
 
-    def __init__(self, ctx: TraceContext | None, b3: str) -> None:
-        self.ctx = ctx  # the gateway span's context; None with tracing off
-        self.b3 = b3  # "", "single" or "multi": the form the client sent
+    __slots__ = (
+        "b3",
+        "flags",
+        "injected",
+        "parent_id",
+        "service",
+        "span_id",
+        "trace_id",
+        "tracestate",
+        "upstream",
+    )
+
+    def __init__(self) -> None:
+        self.trace_id = ""  # "" with tracing off
+        self.span_id = ""  # the gateway span's id
+        self.parent_id: str | None = None  # the client's span, if it sent one
+        self.flags = 0
+        self.tracestate = ""
+        self.b3 = ""  # "", "single" or "multi": the form the client sent
         self.service = ""  # the backend service, once chosen
         self.upstream: Upstream | None = None
         self.injected = False  # the edits of a retry already carry the headers
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & SAMPLED)
+
+    def context(self) -> TraceContext:
+        """The gateway span's context as a value (for the B3 formats)."""
+        state = parse_tracestate(self.tracestate) if self.tracestate else ()
+        return TraceContext(self.trace_id, self.span_id, self.flags, state or (), self.parent_id)
 
 
 _CURRENT: ContextVar[RequestTelemetry | None] = ContextVar("crossway_gateway_request", default=None)
@@ -221,6 +268,8 @@ class GatewayTelemetry:
         # Spans need wall-clock times; the gateway reads a monotonic clock.
         self._wall_offset = clock.wall() - clock.now()
         self._flusher: asyncio.Task[None] | None = None
+        self._drops: dict[frozenset[bytes], frozenset[bytes]] = {}
+        self._addresses: dict[tuple[str, int], str] = {}
 
     async def start(self) -> None:
         """Start pushing, sending and flushing the access log (after fork)."""
@@ -256,12 +305,20 @@ class GatewayTelemetry:
     # -- per request -------------------------------------------------------------------
 
     def begin(self, stream: Stream) -> Token[RequestTelemetry | None]:
-        ctx: TraceContext | None = None
-        b3 = ""
+        request = RequestTelemetry()
         if self.reporter is not None:
-            parent, b3 = extract_fields(stream.head.headers)
-            ctx = self.sampler.context_for(parent)
-        return _CURRENT.set(RequestTelemetry(ctx, b3))
+            parent, request.b3 = extract_fields(stream.head.headers)
+            if parent is None:
+                request.trace_id, request.span_id = _new_ids()
+                sampled = self.sampler.sample_new()
+                request.flags = RANDOM_TRACE_ID | SAMPLED if sampled else RANDOM_TRACE_ID
+            else:
+                request.span_id = new_span_id()
+                request.trace_id = parent.trace_id
+                request.parent_id = parent.span_id
+                request.flags = parent.flags & (SAMPLED | RANDOM_TRACE_ID)
+                request.tracestate = format_tracestate(parent.tracestate)
+        return _CURRENT.set(request)
 
     def upstream(
         self, extra: Headers, drop: frozenset[bytes], service: str, endpoint: Upstream
@@ -277,17 +334,28 @@ class GatewayTelemetry:
             return extra, drop
         request.injected = True
         added = [*extra, (CALLER, self._caller)]
-        ctx = request.ctx
-        if ctx is None:
+        if not request.trace_id:
             return added, drop | {CALLER}
-        added.append((b"traceparent", ctx.traceparent().encode("latin-1")))
-        if ctx.tracestate:
-            added.append((b"tracestate", format_tracestate(ctx.tracestate).encode("latin-1")))
+        dropped = _DROPPED if not drop else self._dropped(drop)
+        parent = f"00-{request.trace_id}-{request.span_id}-{_HEX[request.flags]}"
+        added.append((b"traceparent", parent.encode()))
+        if request.tracestate:
+            added.append((b"tracestate", request.tracestate.encode("latin-1")))
         if request.b3 == "single":
-            added.append((b"b3", format_b3(ctx).encode("latin-1")))
+            added.append((b"b3", format_b3(request.context()).encode()))
         elif request.b3 == "multi":
-            added.extend((n.encode(), v.encode()) for n, v in format_b3_multi(ctx).items())
-        return added, drop | _DROPPED
+            multi = format_b3_multi(request.context())
+            added.extend((n.encode(), v.encode()) for n, v in multi.items())
+        return added, dropped
+
+    def _dropped(self, drop: frozenset[bytes]) -> frozenset[bytes]:
+        # A route's own removals plus the trace fields: one set per route, not per request.
+        found = self._drops.get(drop)
+        if found is None:
+            if len(self._drops) >= _CACHE_LIMIT:
+                self._drops.clear()
+            found = self._drops[drop] = drop | _DROPPED
+        return found
 
     def finish(
         self,
@@ -306,16 +374,14 @@ class GatewayTelemetry:
         method = stream.head.method.decode("latin-1")
         if self.recorder is not None and request.service:
             self.recorder.record(route, method, status, seconds, service=request.service)
-        ctx = request.ctx
-        if ctx is not None and ctx.sampled and self.reporter is not None:
-            self._span(ctx, request, stream, method, route, status, started, seconds)
+        if request.flags & SAMPLED and self.reporter is not None:
+            self._span(request, stream, method, route, status, started, seconds)
         log = self.access_log
         if log is not None and log.wants(status):
             log.write(self._entry(request, stream, method, route, status, started, seconds))
 
     def _span(
         self,
-        ctx: TraceContext,
         request: RequestTelemetry,
         stream: Stream,
         method: str,
@@ -330,12 +396,14 @@ class GatewayTelemetry:
         if request.service:
             tags[PEER_SERVICE] = request.service
         if request.upstream is not None:
-            tags[UPSTREAM_TAG] = f"{request.upstream.address}:{request.upstream.port}"
-        span = server_span(
-            ctx,
+            tags[UPSTREAM_TAG] = self._address(request.upstream)
+        span = make_server_span(
+            trace_id=request.trace_id,
+            span_id=request.span_id,
+            parent_id=request.parent_id,
             local=self._local,
             method=method,
-            path=head.target.split(b"?", 1)[0].decode("latin-1"),
+            path=head.target.partition(b"?")[0].decode("latin-1"),
             route=route or None,
             status=status,
             start_us=int((started + self._wall_offset) * 1_000_000),
@@ -344,6 +412,15 @@ class GatewayTelemetry:
             tags=tags,
         )
         self.reporter.record(span)
+
+    def _address(self, upstream: Upstream) -> str:
+        key = (upstream.address, upstream.port)
+        found = self._addresses.get(key)
+        if found is None:
+            if len(self._addresses) >= _CACHE_LIMIT:
+                self._addresses.clear()
+            found = self._addresses[key] = f"{upstream.address}:{upstream.port}"
+        return found
 
     def _entry(
         self,
@@ -357,7 +434,6 @@ class GatewayTelemetry:
     ) -> dict[str, object]:
         head = stream.head
         upstream = request.upstream
-        ctx = request.ctx
         when = datetime.fromtimestamp(started + self._wall_offset, UTC)
         return {
             "ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -367,11 +443,11 @@ class GatewayTelemetry:
             "path": head.target.decode("latin-1"),
             "route": route or None,
             "service": request.service or None,
-            "upstream": f"{upstream.address}:{upstream.port}" if upstream is not None else None,
+            "upstream": self._address(upstream) if upstream is not None else None,
             "status": status,
             "duration_ms": round(seconds * 1000, 3),
-            "trace_id": ctx.trace_id if ctx is not None else None,
-            "span_id": ctx.span_id if ctx is not None else None,
+            "trace_id": request.trace_id or None,
+            "span_id": request.span_id or None,
             "user_agent": _header(head.headers, b"user-agent"),
         }
 
@@ -423,7 +499,15 @@ def build_telemetry(settings: TelemetrySettings, *, clock: Clock) -> GatewayTele
         pusher = StatsPusher(
             recorder, settings.control_plane, interval=settings.stats_interval, token=settings.token
         )
-        reporter = SpanReporter(settings.control_plane, token=settings.token)
+        # A gateway sends far more spans than a service: each post costs about
+        # a millisecond of CPU whatever its size, so batches are larger (still
+        # sent every second) and the buffer holds two seconds at 10k rps.
+        reporter = SpanReporter(
+            settings.control_plane,
+            token=settings.token,
+            batch_size=GATEWAY_BATCH,
+            capacity=GATEWAY_BUFFER,
+        )
     return GatewayTelemetry(
         clock=clock,
         recorder=recorder,

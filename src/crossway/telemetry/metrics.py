@@ -88,9 +88,14 @@ OVERFLOW = "overflow"
 STATUS_CLASSES = frozenset({"1xx", "2xx", "3xx", "4xx", "5xx", "none"})
 
 
+_CLASS_BY_HUNDRED = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+_ERROR_CLASSES = frozenset({"5xx", "none"})
+
+
 def status_class(status: int) -> str:
     """ "2xx" … "5xx"; "none" when no response was ever started (cancelled)."""
-    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+    # A table lookup, not formatting: this runs for every request.
+    return _CLASS_BY_HUNDRED[status // 100] if 100 <= status <= 599 else "none"
 
 
 def is_error(status_class_value: str) -> bool:
@@ -99,7 +104,7 @@ def is_error(status_class_value: str) -> bool:
     4xx answers are the caller's mistake, not the service failing, so they count
     as successes (as Linkerd's success rate does).
     """
-    return status_class_value in ("5xx", "none")
+    return status_class_value in _ERROR_CLASSES
 
 
 def method_label(method: str) -> str:

@@ -175,6 +175,7 @@ class StatsPusher:
 
     async def start(self) -> None:
         if self._task is None:
+            self._http()  # made now, not during the first push
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def push(self) -> bool:

@@ -132,6 +132,7 @@ class SpanReporter:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
+        self._http()  # made now: its set-up (TLS defaults, imports) stays off the request path
         self._task = self._loop.create_task(self._run(), name="crossway-span-reporter")
 
     async def _run(self) -> None:

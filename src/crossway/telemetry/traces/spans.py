@@ -31,6 +31,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import Any
 
 from crossway.telemetry.tracecontext import TraceContext
 from crossway.telemetry.traces.model import Endpoint, Span
@@ -90,9 +91,19 @@ def error_tag(status: int, error: BaseException | str | None) -> str | None:
     return None
 
 
-def server_span(
-    ctx: TraceContext,
+def server_span(ctx: TraceContext, **fields: Any) -> Span:
+    """The SERVER span of a request served in context `ctx` (fields as for
+    `make_server_span`)."""
+    return make_server_span(
+        trace_id=ctx.trace_id, span_id=ctx.span_id, parent_id=ctx.parent_id, **fields
+    )
+
+
+def make_server_span(
     *,
+    trace_id: str,
+    span_id: str,
+    parent_id: str | None,
     local: Endpoint,
     method: str,
     path: str,
@@ -104,7 +115,7 @@ def server_span(
     error: BaseException | str | None = None,
     tags: dict[str, str] | None = None,
 ) -> Span:
-    """The SERVER span of a request served in context `ctx`."""
+    """The SERVER span with these ids (`parent_id`: the caller's span)."""
     found = tags if tags is not None else {}
     found[METHOD] = method
     found[PATH] = path
@@ -118,9 +129,9 @@ def server_span(
     if failure is not None:
         found[ERROR] = failure
     return Span(
-        trace_id=ctx.trace_id,
-        id=ctx.span_id,
-        parent_id=ctx.parent_id,
+        trace_id=trace_id,
+        id=span_id,
+        parent_id=parent_id,
         name=span_name(method, route),
         kind="SERVER",
         timestamp=start_us,
