@@ -53,7 +53,15 @@ export function useLive<T>(load: () => Promise<T>, prefixes: string[], deps: unk
       if (--pending === 0) loader.run();
     };
     if (pending === 0) loader.run();
-    const stops = prefixes.map((p) => watchPrefix(p, changed, opened));
+    // Browsers keep at most six connections per host: more than two prefixes
+    // share one stream of the whole store, filtered here by key.
+    const many = prefixes.length > 2;
+    const streams = many ? ["/"] : prefixes;
+    pending = streams.length;
+    const listener = (key: string | null) => {
+      if (!many || key === null || prefixes.some((p) => key.startsWith(p))) changed();
+    };
+    const stops = streams.map((p) => watchPrefix(p, listener, opened));
     return () => {
       clearTimeout(timer);
       stops.forEach((stop) => stop());

@@ -8,7 +8,9 @@
 
 import { authHeaders } from "./api";
 
-type Listener = () => void;
+/** Called with the changed key, or null when changes may have been missed
+ * (a reconnect, a compaction). */
+type Listener = (key: string | null) => void;
 
 interface Channel {
   listeners: Set<Listener>;
@@ -42,8 +44,16 @@ export function watchPrefix(prefix: string, listener: Listener, onOpen?: () => v
   };
 }
 
-function notify(channel: Channel): void {
-  channel.listeners.forEach((l) => l());
+function notify(channel: Channel, key: string | null): void {
+  channel.listeners.forEach((l) => l(key));
+}
+
+function keyOf(data: string): string | null {
+  try {
+    return String((JSON.parse(data) as { key?: unknown }).key ?? "") || null;
+  } catch {
+    return null;
+  }
 }
 
 async function run(prefix: string, channel: Channel, onOpen?: () => void): Promise<void> {
@@ -60,18 +70,18 @@ async function run(prefix: string, channel: Channel, onOpen?: () => void): Promi
         opened = true;
         onOpen?.();
       } else {
-        notify(channel); // we may have missed changes while away
+        notify(channel, null); // we may have missed changes while away
       }
       if (!response.ok || !response.body) throw new Error(`watch answered ${response.status}`);
       attempt = 0;
       for await (const frame of frames(response.body, signal)) {
         if (frame.event === "compacted") {
           lastId = null;
-          notify(channel);
+          notify(channel, null);
           break;
         }
         if (frame.id) lastId = frame.id;
-        if (frame.data) notify(channel);
+        if (frame.data) notify(channel, keyOf(frame.data));
       }
     } catch {
       if (!opened) {
