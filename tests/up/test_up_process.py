@@ -72,7 +72,7 @@ def write_file(folder: Path, services: str, *, control: int, gateway: int, admin
         "  tiny:\n"
         "    match: {path_prefix: /}\n"
         "    backends: [{service: tiny}]\n"
-        "    retries: {attempts: 2}\n"
+        "    retries: {attempts: 3}\n"
         "config:\n"
         "  - {group: tiny, key: hello.yaml, content: 'greeting: hi'}\n"
     )
