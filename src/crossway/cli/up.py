@@ -74,17 +74,36 @@ def up(
     ] = False,
     control_port: Annotated[
         int | None,
-        typer.Option(min=0, max=65535, help="Control plane port (overrides the file)."),
+        typer.Option(
+            envvar="CROSSWAY_CONTROL_PORT",
+            min=0,
+            max=65535,
+            help="Control plane port (overrides the file).",
+        ),
     ] = None,
     gateway_port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Gateway port (overrides the file).")
+        int | None,
+        typer.Option(
+            envvar="CROSSWAY_GATEWAY_PORT",
+            min=1,
+            max=65535,
+            help="Gateway port (overrides the file).",
+        ),
     ] = None,
     admin_port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="Gateway admin port (overrides the file)."),
+        typer.Option(
+            envvar="CROSSWAY_ADMIN_PORT",
+            min=1,
+            max=65535,
+            help="Gateway admin port (overrides the file).",
+        ),
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help="State, logs and the lock (overrides the file).")
+        Path | None,
+        typer.Option(
+            envvar="CROSSWAY_DATA_DIR", help="State, logs and the lock (overrides the file)."
+        ),
     ] = None,
 ) -> None:
     """Run the control plane, the gateway and every service of a crossway.yaml."""
