@@ -33,7 +33,7 @@ export function Alerts() {
         ) : (
           <div class="stack">
             {[...byRule.entries()].map(([name, alerts]) => (
-              <div key={name} class="card" data-testid={`alert-firing-${name}`}>
+              <div key={name} class="card" data-testid={`alert-${alerts.some((a) => a.state === "firing") ? "firing" : "pending"}-${name}`}>
                 <div class="row">
                   <strong>{name}</strong>
                   <span class="muted mono small">{alerts[0].expr}</span>

@@ -88,6 +88,7 @@ export function Traces({ query = {} }: { query?: Record<string, string> }) {
 }
 
 function TraceTable({ rows }: { rows: TraceSummary[] }) {
+  const { route } = useLocation();
   const longest = Math.max(1, ...rows.map((r) => r.duration));
   return (
     <div class="table-wrap">
@@ -103,7 +104,7 @@ function TraceTable({ rows }: { rows: TraceSummary[] }) {
         </thead>
         <tbody>
           {rows.map((t) => (
-            <tr key={t.id} data-testid={`trace-row-${t.id}`}>
+            <tr key={t.id} data-testid={`trace-row-${t.id}`} class="clickable" onClick={(e) => (e.target as HTMLElement).closest("a") || route(`/traces/${seg(t.id)}`)}>
               <td data-label="Root span">
                 <a class="strong" href={`/traces/${seg(t.id)}`}>
                   {t.root.localEndpoint?.serviceName ?? "?"}: {t.root.name ?? "(unnamed)"}
