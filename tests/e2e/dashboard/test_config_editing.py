@@ -65,7 +65,7 @@ async def test_invalid_yaml_shows_the_error_inline_and_stores_nothing(
     path = "prod/checkout/invalid.yaml"
     before = await history(dashboard.base_url, path)
     stored = (await content(dashboard.base_url, path)).text
-    dashboard.allow_http_error(400, f"/v1/config/{path}")  # the refused save
+    dashboard.allow_http_error(400, f"/v1/config/{path}", "PUT")  # the refused save
     await dashboard.open(f"/config/{path}", "config-key")
     await replace_editor_text(dashboard, "timeout: 5s\nretries: b: 2\n")
     await dashboard.by_id("config-message").fill("a broken edit")

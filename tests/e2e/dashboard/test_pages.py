@@ -148,11 +148,21 @@ async def test_trace_search_finds_the_error_trace_and_shows_its_waterfall(
     await dashboard.screenshots("trace")
 
 
-async def test_slow_trace_waterfall_shows_every_span(dashboard: Dashboard, seeded: Seed) -> None:
-    await dashboard.open(f"/traces/{seeded.slow_trace.trace_id}", "trace")
+async def test_minimum_duration_search_finds_the_slow_trace_and_its_waterfall(
+    dashboard: Dashboard, seeded: Seed
+) -> None:
+    await dashboard.open("/traces", "traces")
+    await dashboard.by_id("trace-search-service").select_option("web")
+    await dashboard.by_id("trace-search-min-duration").fill("1000")  # ms, as labelled
+    await dashboard.by_id("trace-search-submit").click()
+    slow_row = dashboard.by_id(f"trace-row-{seeded.slow_trace.trace_id}")
+    await expect(slow_row).to_be_visible()
+    for trace in (seeded.ok_trace, seeded.error_trace):
+        await expect(dashboard.by_id(f"trace-row-{trace.trace_id}")).to_have_count(0)
+    await slow_row.click()
+    await dashboard.loaded("trace")
     for span_id in seeded.slow_trace.span_ids:
-        row = dashboard.by_id(f"span-{span_id}")
-        await expect(row).to_be_visible()
+        await expect(dashboard.by_id(f"span-{span_id}")).to_be_visible()
     root_row = await dashboard.by_id(f"span-{seeded.slow_trace.span_ids[0]}").inner_text()
     assert shows_value(root_row, 2600, rel=0.01, unit_scale=1000), root_row
 
