@@ -29,7 +29,7 @@ function style(): cytoscape.StylesheetJson {
         "border-width": 2,
         "border-color": cssVar("--accent"),
         color: cssVar("--text"),
-        "font-size": 12,
+        "font-size": 13,
         "font-family": "system-ui, sans-serif",
         "text-valign": "bottom",
         "text-margin-y": 6,
@@ -45,7 +45,7 @@ function style(): cytoscape.StylesheetJson {
         "curve-style": "bezier",
         "target-arrow-shape": "triangle",
         label: "data(label)",
-        "font-size": 10,
+        "font-size": 11,
         color: cssVar("--muted"),
         "text-background-color": cssVar("--surface"),
         "text-background-opacity": 1,
@@ -82,8 +82,17 @@ export function createGraph(container: HTMLElement, onSelect: (service: string) 
       shape = nextShape;
       cy.elements().remove();
       cy.add(elements);
-      const roots = cy.nodes().filter((n) => n.indegree(false) === 0);
-      cy.layout({ name: "breadthfirst", directed: true, roots: roots.length ? roots : undefined, spacingFactor: 1.7, padding: 30 } as cytoscape.LayoutOptions).run();
+      // Force-directed (cytoscape's own cose): unlike a layered layout, an
+      // edge between two nodes of one layer never runs through a third.
+      cy.layout({
+        name: "cose",
+        animate: false,
+        randomize: false,
+        nodeRepulsion: () => 400000,
+        idealEdgeLength: () => 140,
+        nodeDimensionsIncludeLabels: true,
+        padding: 40,
+      } as cytoscape.LayoutOptions).run();
       cy.fit(undefined, 40);
     },
     restyle() {
