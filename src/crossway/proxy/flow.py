@@ -69,6 +69,19 @@ class Inbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._events)
 
+    def take(self) -> T | None:
+        """The next event if one is queued, else None (without waiting):
+        saves the coroutine of `get` when the next event is already here."""
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if isinstance(event, Body):
+            self._bytes -= len(event.data)
+            if self._paused and self._bytes <= LOW_WATER:
+                self._paused = False
+                self._transport.resume_reading()
+        return event
+
     async def get(self) -> T | None:
         """The next event, or None once closed and empty. Cancellation-safe."""
         events = self._events
@@ -107,6 +120,11 @@ class WriteGate:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    @property
+    def blocked(self) -> bool:
+        """Whether `drain()` would wait or raise (writers skip the await otherwise)."""
+        return self._paused or self._lost
 
     def pause(self) -> None:
         self._paused = True

@@ -156,7 +156,7 @@ async def _attempt(
     *,
     fresh: bool,
 ) -> int:
-    conn = await pool.acquire(address)
+    conn = pool.take_idle(address) or await pool.acquire(address)
     while fresh and conn.exchanges:
         # Idle connections older than the one that just failed are suspect
         # too (the upstream likely restarted); drop them and connect anew.
@@ -310,7 +310,7 @@ async def _relay(stream: Stream, conn: UpstreamConnection, head: ResponseHead, p
         stream.finish()
         return
     while True:
-        event = await conn.next_event()
+        event = conn.take_event() or await conn.next_event()
         if isinstance(event, Body):
             await stream.write(event.data)
         elif isinstance(event, EndOfResponse):

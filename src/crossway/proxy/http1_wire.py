@@ -47,15 +47,14 @@ class Framing(Enum):
 
 def encode_head(start_line: bytes, headers: Headers, framing: Framing, length: int | None) -> bytes:
     """A message head with the framing header the engine decided on."""
-    parts = [start_line]
-    for name, value in headers:
-        parts.append(name + b": " + value)
+    head = start_line + b"\r\n"
+    if headers:
+        head += b"\r\n".join([name + b": " + value for name, value in headers]) + b"\r\n"
     if framing is Framing.LENGTH:
-        parts.append(b"content-length: " + str(length or 0).encode())
+        head += b"content-length: %d\r\n" % (length or 0)
     elif framing is Framing.CHUNKED:
-        parts.append(b"transfer-encoding: chunked")
-    parts.append(b"\r\n")
-    return b"\r\n".join(parts)
+        head += b"transfer-encoding: chunked\r\n"
+    return head + b"\r\n"
 
 
 def request_line(method: bytes, target: bytes) -> bytes:
@@ -63,8 +62,15 @@ def request_line(method: bytes, target: bytes) -> bytes:
 
 
 def status_line(status: int, version: bytes = b"1.1") -> bytes:
+    if version == b"1.1":
+        line = _STATUS_LINES.get(status)
+        if line is not None:
+            return line
     reason = _REASONS.get(status, b"Unknown")
     return b"HTTP/" + version + b" " + str(status).encode() + b" " + reason
+
+
+_STATUS_LINES = {s: b"HTTP/1.1 %d %b" % (s, reason) for s, reason in _REASONS.items()}
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -126,8 +126,13 @@ class Http1Stream:
         defer: bool = False,
     ) -> None:
         self.response_started = True
-        framing = self._choose_framing(status, length, no_body)
         head = self.head
+        if no_body or status in (204, 304) or head.method == b"HEAD":
+            framing = Framing.NONE
+        elif length is not None:
+            framing = Framing.LENGTH
+        else:
+            framing = Framing.CHUNKED if head.version == b"1.1" else Framing.CLOSE
         if framing is Framing.CLOSE or not head.keep_alive or not self._done:
             self._conn.must_close = True
             headers.append((b"connection", b"close"))
@@ -141,13 +146,6 @@ class Http1Stream:
         else:
             self._conn.write(wire_head)
 
-    def _choose_framing(self, status: int, length: int | None, no_body: bool) -> Framing:
-        if no_body or self.head.method == b"HEAD" or status in (204, 304):
-            return Framing.NONE
-        if length is not None:
-            return Framing.LENGTH
-        return Framing.CHUNKED if self.head.version == b"1.1" else Framing.CLOSE
-
     async def write(self, data: bytes) -> None:
         """Send body bytes; waits while the client is slow; raises ConnectionError if gone."""
         framing = self._framing
@@ -156,8 +154,10 @@ class Http1Stream:
         wire = encode_chunk(data) if framing is Framing.CHUNKED else data
         if self._held:
             wire, self._held = self._held + wire, b""
-        self._conn.write(wire)
-        await self._conn.gate.drain()
+        conn = self._conn
+        conn.write(wire)
+        if conn.gate.blocked:
+            await conn.gate.drain()
 
     def finish(self) -> None:
         tail = LAST_CHUNK if self._framing is Framing.CHUNKED else b""
@@ -215,6 +215,7 @@ class Http1Protocol(asyncio.Protocol):
         self._last_active = 0.0
         self._busy = False
         self._peer = Peer(address="")
+        self._request_peer = self._peer  # the last request's (host, version)
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -225,7 +226,7 @@ class Http1Protocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) else "unknown"
         scheme = b"https" if transport.get_extra_info("sslcontext") else b"http"
-        self._peer = Peer(address=address, scheme=scheme)
+        self._peer = self._request_peer = Peer(address=address, scheme=scheme)
         self._server.connection_opened(self)
         self._last_active = self._clock.now()
         self._arm_timer(self._server.limits.keepalive_timeout)
@@ -282,26 +283,30 @@ class Http1Protocol(asyncio.Protocol):
     # -- the request loop ----------------------------------------------------
 
     async def _serve(self) -> None:
+        assert self._inbox is not None
+        inbox = self._inbox
         try:
             while not self.must_close:
-                event = await self.next_event()
+                event = inbox.take() or await inbox.get()
                 if event is None:
                     break
-                await self._dispatch(event)
+                if type(event) is RequestReceived:
+                    self._busy = True
+                    try:
+                        await self._exchange(event.head)
+                    finally:
+                        self._busy = False
+                        self._last_active = self._clock.now()
+                else:
+                    self._dispatch(event)
         except ConnectionError:
             self.must_close = True
         finally:
             self.close()
 
-    async def _dispatch(self, event: Event) -> None:
-        if isinstance(event, RequestReceived):
-            self._busy = True
-            try:
-                await self._exchange(event.head)
-            finally:
-                self._busy = False
-                self._last_active = self._clock.now()
-        elif isinstance(event, Rejected):
+    def _dispatch(self, event: Event) -> None:
+        """Whatever comes between requests that is not one."""
+        if isinstance(event, Rejected):
             self.write(render_rejected(event))
             self.must_close = True
         elif not isinstance(event, Body | EndOfRequest):
@@ -309,7 +314,10 @@ class Http1Protocol(asyncio.Protocol):
             self.must_close = True
 
     async def _exchange(self, head: RequestHead) -> None:
-        stream = Http1Stream(self, head, _with_request(self._peer, head))
+        peer = self._request_peer
+        if peer.host != head.host or peer.version != head.version:
+            peer = self._request_peer = _with_request(self._peer, head)
+        stream = Http1Stream(self, head, peer)
         if head.upgrade is not None:
             # Whatever the answer, the bytes after this request belong to
             # the upgraded protocol (or to nobody): never parse them as HTTP.

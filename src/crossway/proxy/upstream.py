@@ -107,6 +107,11 @@ class UpstreamConnection(asyncio.Protocol):
         """Wait for the socket buffer; raises ConnectionResetError if lost."""
         await self.gate.drain()
 
+    def take_event(self) -> ResponseEvent | None:
+        """The next response event if one is already here, else None."""
+        assert self._inbox is not None
+        return self._inbox.take()
+
     async def next_event(self) -> ResponseEvent | None:
         """The next response event, or None when the connection is gone."""
         assert self._inbox is not None
@@ -162,6 +167,16 @@ class EndpointPool:
     @property
     def pending(self) -> int:
         return len(self._waiters)
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle connection for one exchange, if there is one at hand
+        (`acquire` without its coroutine, for the common case)."""
+        if not self._idle:
+            return None
+        conn = self._take_idle()
+        if conn is not None:
+            self.acquired += 1
+        return conn
 
     async def acquire(self) -> UpstreamConnection:
         """A connection ready for one exchange.
@@ -265,11 +280,18 @@ class UpstreamPool:
             self._pools[address] = pool
         return pool
 
+    def take_idle(self, address: Address) -> UpstreamConnection | None:
+        """An idle keep-alive connection to `address`, if one is at hand."""
+        pool = self._pools.get(address)
+        return pool.take_idle() if pool is not None else None
+
     async def acquire(self, address: Address) -> UpstreamConnection:
-        return await self.endpoint(address).acquire()
+        pool = self._pools.get(address)
+        return await (pool or self.endpoint(address)).acquire()
 
     def release(self, conn: UpstreamConnection) -> None:
-        self.endpoint(conn.address).release(conn)
+        pool = self._pools.get(conn.address)
+        (pool or self.endpoint(conn.address)).release(conn)
 
     def pools(self) -> list[EndpointPool]:
         return list(self._pools.values())
