@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import (
     ConsoleMessage,
@@ -44,6 +45,8 @@ CHROMIUM_ARGS = [
 DESKTOP = (1280, 900)
 PHONE = (390, 844)
 LOAD_TIMEOUT_MS = 15_000
+ACTION_TIMEOUT_MS = 10_000
+"""Bounds every click, fill and navigation (Playwright's own default is 30 s)."""
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "build" / "test-output" / "dashboard"
 
 
@@ -91,8 +94,7 @@ class Dashboard:
         self.page = page
         self.base_url = base_url
         self.problems = Problems(allowed=list(EXPECTED_ANSWERS))
-        self.requested: list[str] = []
-        page.on("request", lambda request: self.requested.append(request.url))
+        self.answers: list[Response] = []
         page.on("console", self._on_console)
         page.on("pageerror", self._on_page_error)
         page.on("requestfailed", self._on_request_failed)
@@ -120,6 +122,7 @@ class Dashboard:
 
     def _on_response(self, response: Response) -> None:
         if response.status < 400:
+            self.answers.append(response)
             return
         for allowed in self.problems.allowed:
             if (
@@ -137,12 +140,11 @@ class Dashboard:
 
     # -- navigation -----------------------------------------------------------------
 
-    def last_request(self, path: str) -> str:
-        """The URL of the page's latest request to `path` (query string included)."""
-        for url in reversed(self.requested):
-            if url.startswith(self.base_url + path):
-                return url
-        raise AssertionError(f"the page never requested {path}")
+    async def answers_to(self, path: str) -> list[Any]:
+        """The JSON bodies of every successful answer the page got so far from
+        `path` (a prefix, query string included), oldest first."""
+        prefix = self.base_url + path
+        return [await r.json() for r in list(self.answers) if r.url.startswith(prefix)]
 
     def by_id(self, test_id: str) -> Locator:
         return self.page.get_by_test_id(test_id)
@@ -208,6 +210,7 @@ async def open_dashboard(base_url: str, profile: Path) -> AsyncIterator[Dashboar
             viewport={"width": DESKTOP[0], "height": DESKTOP[1]},
             color_scheme="light",
         )
+        context.set_default_timeout(ACTION_TIMEOUT_MS)
         try:
             page = context.pages[0] if context.pages else await context.new_page()
             yield Dashboard(page, base_url)
@@ -215,18 +218,23 @@ async def open_dashboard(base_url: str, profile: Path) -> AsyncIterator[Dashboar
             await context.close()
 
 
-NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
-def numbers_in(text: str) -> list[float]:
-    return [float(n.replace(",", ".")) for n in NUMBER.findall(text)]
+def numbers_in(text: str) -> list[str]:
+    """The decimal numbers written in `text`, as written ("1,234" reads as 1234)."""
+    return NUMBER.findall(text.replace(",", ""))
 
 
-def shows_value(text: str, expected: float, *, rel: float = 0.05, unit_scale: float = 1.0) -> bool:
-    """Whether `text` shows a number within `rel` of `expected` (or of
-    `expected / unit_scale`: 250 ms shown as 0.25 s)."""
-    for value in numbers_in(text):
+def shows_value(text: str, expected: float, *, rel: float = 0.0, unit_scale: float = 1.0) -> bool:
+    """Whether `text` shows `expected` rounded to the precision it is written
+    with (0.32 for 0.3166; 485 for 485.0), within `rel` more; or shows
+    `expected / unit_scale` so (250 ms written as 0.25 s)."""
+    for written in numbers_in(text):
+        value = float(written)
+        decimals = len(written.partition(".")[2])
+        half_unit = 0.5 * 10.0**-decimals
         for target in (expected, expected / unit_scale):
-            if abs(value - target) <= max(rel * abs(target), 0.051 if target < 10 else 0.6):
+            if abs(value - target) <= half_unit * 1.0001 + rel * abs(target):
                 return True
     return False
