@@ -170,11 +170,18 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
     raise RuntimeError(f"crossway gateway not ready: {log_path.read_text()[-2000:]}")
 
 
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    """Asked for first, so a machine without Chromium skips before any server starts."""
+    require(chromium_available(), "chromium is not installed (run scripts/ensure-chromium)")
+
+
 @pytest.fixture
-async def dashboard(dashboard_url: str, seeded: Seed, tmp_path: Path) -> AsyncIterator[Dashboard]:
+async def dashboard(
+    chromium: None, dashboard_url: str, seeded: Seed, tmp_path: Path
+) -> AsyncIterator[Dashboard]:
     """A fresh headless Chromium on the seeded dashboard; the test fails when
     the browser saw an error (checked after the test body)."""
-    require(chromium_available(), "chromium is not installed (run scripts/ensure-chromium)")
     async with open_dashboard(dashboard_url, tmp_path / "profile") as board:
         yield board
     board.assert_clean()
