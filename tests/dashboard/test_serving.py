@@ -146,3 +146,27 @@ async def test_the_default_app_serves_the_dashboard(ctx: ServerContext) -> None:
         r = await api.get("/")
     built = (dashboard.STATIC_DIR / "index.html").is_file()
     assert r.status_code == (200 if built else 503)
+
+
+async def test_a_token_protects_the_api_but_not_the_page_that_asks_for_it(built: Path) -> None:
+    store: LocalStore = open_memory_store()
+    try:
+        settings = ServerSettings(store="memory", token="s3cret")
+        async with client_over(ServerContext(store=store, settings=settings), built) as client:
+            page = await client.get("/services/orders", headers=HTML)
+            assert page.status_code == 200
+            assert page.content == SHELL
+            root = await client.get("/")
+            assert root.status_code == 200
+            asset = await client.get("/assets/index-abc123.js")
+            assert asset.status_code == 200
+            api = await client.get("/v1/services", headers=HTML)
+            assert api.status_code == 401
+            unknown = await client.get("/nothing-here")  # no page, no token: still refused
+            assert unknown.status_code == 401
+            write = await client.post("/", headers=HTML)
+            assert write.status_code == 401
+            allowed = await client.get("/v1/services", headers={"Authorization": "Bearer s3cret"})
+            assert allowed.status_code == 200
+    finally:
+        await store.close()

@@ -90,6 +90,16 @@ def is_page_path(path: str, *, accepts_html: bool) -> bool:
     return accepts_html and "." not in posixpath.basename(path.rstrip("/"))
 
 
+def is_public_request(scope: Scope) -> bool:
+    """A request a token-protected control plane still answers: reading the
+    dashboard's shell or its assets (no data in either; the page asks for the
+    token and sends it with every API call)."""
+    if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        return False
+    path: str = scope["path"]
+    return path.startswith("/assets/") or is_page_path(path, accepts_html=_accepts_html(scope))
+
+
 def _accepts_html(scope: Scope) -> bool:
     for name, value in scope.get("headers", ()):
         if name == b"accept":

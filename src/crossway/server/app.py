@@ -59,6 +59,7 @@ from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from crossway import dashboard
+from crossway.dashboard.routes import is_public_request
 from crossway.server.api import (
     config,
     coord,
@@ -192,7 +193,7 @@ def _middleware(ctx: ServerContext) -> list[Middleware]:
         Middleware(ErrorBoundary),
     ]
     if ctx.settings.token is not None:
-        stack.append(Middleware(BearerAuth, token=ctx.settings.token))
+        stack.append(Middleware(BearerAuth, token=ctx.settings.token, public=is_public_request))
     return stack
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -186,19 +187,31 @@ class RequestObserver:
 
 
 class BearerAuth:
-    """Requires `Authorization: Bearer <token>` outside `open_paths`."""
+    """Requires `Authorization: Bearer <token>` outside `open_paths` and the
+    requests `public` accepts (the dashboard's shell and assets, which hold no
+    data: the page asks for the token and sends it with every API call)."""
 
     def __init__(
-        self, app: ASGIApp, *, token: str, open_paths: frozenset[str] = OPEN_PATHS
+        self,
+        app: ASGIApp,
+        *,
+        token: str,
+        open_paths: frozenset[str] = OPEN_PATHS,
+        public: Callable[[Scope], bool] | None = None,
     ) -> None:
         if not token:
             raise ValueError("an empty token would let anyone in")
         self.app = app
         self.open_paths = open_paths
+        self.public = public
         self._expected = _digest(token.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self.open_paths:
+        if (
+            scope["type"] not in ("http", "websocket")
+            or scope["path"] in self.open_paths
+            or (self.public is not None and self.public(scope))
+        ):
             await self.app(scope, receive, send)
             return
         problem = self._problem(scope)
