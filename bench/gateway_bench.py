@@ -20,9 +20,12 @@ Then Crossway with `--workers 2`, which uses both cores (shared with wrk and
 the upstream), against Crossway with one worker.
 
 Each measurement is wrk `-t1 -c64 -d10s --latency` after a 2 s warm-up. The
-machine is shared, so numbers move by ~10% between runs; the ratios within
-one run are what this prints against the targets. Tools are installed with
-scripts/ensure-*; a peer whose binary is missing is skipped.
+ratios within one run are what this prints against the targets. On a shared
+machine rps and latency move with everyone else's load, so the CPU time the
+proxy's processes spent per request (from /proc, workers included) is shown
+too: it moves far less with other load and compares the proxies' own cost.
+Tools are installed with scripts/ensure-*; a peer whose binary is missing is
+skipped.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float  # CPU time of the proxy's processes per request
 
 
 def free_port() -> int:
@@ -90,7 +94,7 @@ def wait_http(port: int, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def child(argv: list[str], cpus: str, env: dict[str, str] | None = None) -> Iterator[None]:
+def child(argv: list[str], cpus: str, env: dict[str, str] | None = None) -> Iterator[int]:
     """Run `argv` pinned to `cpus` until the block ends, then stop it."""
     process = subprocess.Popen(
         ["taskset", "-c", cpus, *argv],
@@ -100,7 +104,7 @@ def child(argv: list[str], cpus: str, env: dict[str, str] | None = None) -> Iter
         start_new_session=True,
     )
     try:
-        yield
+        yield process.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -211,13 +215,28 @@ def _ms(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
-def wrk(name: str, port: int, duration: float) -> Result:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its children (forked workers)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(stat.parent.name) == pid or int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def wrk(name: str, port: int, duration: float, pid: int) -> Result:
     url = f"http://127.0.0.1:{port}{PATH}"
     base = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}"]
     subprocess.run([*base, f"-d{WARMUP:g}s", url], capture_output=True, check=True)
+    cpu_before = cpu_seconds(pid)
     out = subprocess.run(
         [*base, f"-d{duration:g}s", "--latency", url], capture_output=True, text=True, check=True
     ).stdout
+    cpu = cpu_seconds(pid) - cpu_before
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out)[1])  # type: ignore[index]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out)[1])  # type: ignore[index]
@@ -230,7 +249,7 @@ def wrk(name: str, port: int, duration: float) -> Result:
         if "Socket errors" in out
         else 0
     )
-    return Result(name, rps, p50, p99, errors)
+    return Result(name, rps, p50, p99, errors, 1e6 * cpu / max(requests, 1))
 
 
 def measure_crossway(
@@ -242,9 +261,9 @@ def measure_crossway(
     for p in upstreams:
         argv += ["--upstream", f"127.0.0.1:{p}"]
     env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
-    with child(argv, cpus, env=env):
+    with child(argv, cpus, env=env) as pid:
         wait_http(port)
-        return wrk(name, port, duration)
+        return wrk(name, port, duration, pid)
 
 
 def measure_peer(name: str, tmp: Path, upstreams: list[int], duration: float) -> Result | None:
@@ -272,27 +291,31 @@ def measure_peer(name: str, tmp: Path, upstreams: list[int], duration: float) ->
     if exe is None:
         print(f"{name}: not installed, skipped", flush=True)
         return None
-    with child(argv, PROXY_CPU, env=env):
+    with child(argv, PROXY_CPU, env=env) as pid:
         wait_http(port)
-        return wrk(name, port, duration)
+        return wrk(name, port, duration, pid)
 
 
 # -- report ---------------------------------------------------------------
 
 
 def report(results: dict[str, Result], workers2: Result | None) -> None:
-    print(f"\n{'proxy':<22}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"\n{'proxy':<22}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU us/req':>12}")
     for r in (*results.values(), *([workers2] if workers2 else [])):
-        print(f"{r.name:<22}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}")
+        print(
+            f"{r.name:<22}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.errors:>8}"
+            f"{r.cpu_us:>12.1f}"
+        )
     ours = results.get("crossway")
     if ours is None:
         return
-    print("\nCrossway / peer    rps    p50    p99")
+    print("\nCrossway / peer    rps    p50    p99  CPU/req")
     for name, peer in results.items():
         if name != "crossway":
             print(
                 f"  {name:<14}{ours.rps / peer.rps:>6.2f}x"
                 f"{ours.p50_ms / peer.p50_ms:>6.2f}x{ours.p99_ms / peer.p99_ms:>6.2f}x"
+                f"{ours.cpu_us / peer.cpu_us:>8.2f}x"
             )
     print("\ntargets")
     checks: list[tuple[str, float, str, float]] = []
