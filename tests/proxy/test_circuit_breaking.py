@@ -150,3 +150,43 @@ async def test_the_outlier_section_configures_ejection() -> None:
         ejected = [e["id"] for e in cluster.describe()["endpoints"] if e["ejected"]]
     assert ejected == ["dead"]
     assert statuses.count(200) >= 5  # at most the first pick of the dead one fails
+
+
+async def test_max_connections_caps_the_connections_to_each_instance() -> None:
+    open_now = most = 0
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            while await reader.readuntil(b"\r\n\r\n"):  # keep-alive: later requests
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_now -= 1
+
+    async with raw_upstream(counting) as (port, _):
+        gw = build(port, {"svc": CallPolicy(max_connections=1)})
+        async with running(gw) as client:
+            answers = await asyncio.gather(*(client.get(f"/{i}") for i in range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert most == 1
+
+
+async def test_a_swap_without_the_cap_gives_the_pool_its_own_limit_back() -> None:
+    gw = build(9, {"svc": CallPolicy(max_connections=3)})
+    pool = gw.pool.endpoint(("127.0.0.1", 9))
+    gw.swap(GatewayConfig(gw.config.routes, "2", policies={}))
+    lifted = pool._limits.max_connections
+    gw.swap(
+        GatewayConfig(gw.config.routes, "3", policies={"default": CallPolicy(max_connections=2)})
+    )
+    assert lifted == gw.pool.limits.max_connections
+    assert pool._limits.max_connections == 2

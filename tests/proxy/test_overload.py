@@ -164,3 +164,11 @@ def test_reservations_keep_two_requests_from_counting_on_one_retry() -> None:
     gate.spend()
     assert not gate.reserve()
     assert gate.reserved == 0
+
+
+def test_the_pool_refusal_names_its_reason_in_the_overloaded_header() -> None:
+    from crossway.proxy.errors import Overloaded
+
+    rendered = render(Overloaded("too many waiting", reason="max_pending"))
+    assert rendered.startswith(b"HTTP/1.1 503 ")
+    assert b"x-crossway-overloaded: max_pending\r\n" in rendered

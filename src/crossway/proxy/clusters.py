@@ -64,7 +64,15 @@ def make_balancer(name: str, *, clock: Clock, rng: random.Random | None = None) 
 class Cluster:
     """One backend service: endpoints and a balancer per policy name."""
 
-    __slots__ = ("_balancers", "_clock", "_ejected", "endpoints", "name", "outlier")
+    __slots__ = (
+        "_balancers",
+        "_clock",
+        "_ejected",
+        "endpoints",
+        "max_connections",
+        "name",
+        "outlier",
+    )
 
     def __init__(self, name: str, *, clock: Clock, outlier: OutlierConfig | None = None) -> None:
         self.name = name
@@ -73,6 +81,8 @@ class Cluster:
         self._balancers: dict[str, Balancer] = {}
         self.outlier: OutlierDetector | None = OutlierDetector(outlier, clock=clock)
         self._ejected: frozenset[str] = frozenset()
+        self.max_connections: int | None = None
+        """Open connections per endpoint from the call policy (None: the pool's)."""
 
     def configure_outlier(self, config: OutlierConfig | None, *, enabled: bool = True) -> None:
         """Detect outliers with `config` (None: the defaults), or not at all
@@ -161,8 +171,8 @@ class Clusters:
         return cluster
 
     def set_policies(self, policies: Mapping[str, CallPolicy]) -> None:
-        """Take each service's outlier settings from its call policy (its own,
-        else `default`); called once per configuration swap."""
+        """Take each service's outlier settings and connection cap from its
+        call policy (its own, else `default`); once per configuration swap."""
         self._policies = policies
         for cluster in self._clusters.values():
             self._configure(cluster)
@@ -170,6 +180,7 @@ class Clusters:
     def _configure(self, cluster: Cluster) -> None:
         policies = self._policies
         policy = policies.get(cluster.name) or policies.get(DEFAULT_NAME)
+        cluster.max_connections = policy.max_connections if policy is not None else None
         if policy is None:
             cluster.configure_outlier(None)
         elif policy.outlier is None:

@@ -26,6 +26,7 @@ from crossway.proxy.http1 import Headers, Rejected
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
 
 REASON_HEADER = b"x-crossway-reason"
+OVERLOADED_HEADER = b"x-crossway-overloaded"
 
 
 class GatewayError(CrosswayError):
@@ -76,10 +77,15 @@ class NoHealthyUpstream(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """A circuit-breaking limit (connections, pending, requests) or open breaker."""
+    """A circuit-breaking limit (connections, pending, requests) or open breaker;
+    the reason also goes in `X-Crossway-Overloaded` (Envoy's x-envoy-overloaded)."""
 
     code = "overloaded"
     status = 503
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        headers = ((OVERLOADED_HEADER, reason.encode()),) if reason else ()
+        super().__init__(message, reason=reason, headers=headers)
 
 
 class UpstreamTimeout(GatewayError):

@@ -135,6 +135,10 @@ class Gateway:
     def _adopt_policies(self, config: GatewayConfig) -> None:
         self.guards.update(config.policies)
         self.clusters.set_policies(config.policies)
+        for cluster in self.clusters.all():  # caps lifted or changed take effect now
+            most = cluster.max_connections or self.pool.limits.max_connections
+            for endpoint in cluster.endpoints:
+                self.pool.endpoint((endpoint.address, endpoint.port)).limit_connections(most)
 
     async def __call__(self, stream: Stream) -> None:
         started = self._clock.now()
@@ -313,6 +317,9 @@ class Gateway:
         timeout: float,
     ) -> int:
         cluster = self.clusters.cluster(service)
+        if cluster.max_connections is not None:  # endpoints discovered since the swap
+            address = (endpoint.address, endpoint.port)
+            self.pool.endpoint(address).limit_connections(cluster.max_connections)
         with cluster.balancer(route.balancer).begin(endpoint) as call:
             try:
                 status = await forward(

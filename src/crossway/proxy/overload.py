@@ -55,7 +55,7 @@ from collections.abc import Callable, Mapping
 
 from crossway.core.clock import Clock
 from crossway.core.durations import parse_duration
-from crossway.proxy.errors import GatewayError
+from crossway.proxy.errors import OVERLOADED_HEADER, GatewayError
 from crossway.resilience import (
     BreakerConfig,
     CircuitBreaker,
@@ -66,8 +66,6 @@ from crossway.resilience import (
 )
 from crossway.resilience.bulkhead import BulkheadCore
 from crossway.traffic.policy import DEFAULT_NAME, SERVER_ERRORS, BreakerSpec, CallPolicy
-
-OVERLOADED_HEADER = b"x-crossway-overloaded"
 
 Breaker = ConsecutiveBreaker | CircuitBreaker
 Events = Callable[[str, str], None]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 from crossway.core.clock import Clock, SystemClock
@@ -167,6 +167,13 @@ class EndpointPool:
     @property
     def pending(self) -> int:
         return len(self._waiters)
+
+    def limit_connections(self, most: int) -> None:
+        """Cap open connections at `most` (a service's call policy); callers
+        beyond it wait for one. Lowering the cap closes nothing: it holds as
+        connections are released."""
+        if most != self._limits.max_connections:
+            self._limits = replace(self._limits, max_connections=most)
 
     def take_idle(self) -> UpstreamConnection | None:
         """An idle connection for one exchange, if there is one at hand

@@ -137,7 +137,10 @@ class CallPolicy(_Spec, frozen=True):
     round robin (equal weights: plain rotation). `hash_header` names the request header
     whose value `ring_hash`/`maglev` hash (without it, picks are random).
     `zone_aware` prefers instances in the caller's zone while they can take
-    the load (needs the client's zone).
+    the load (needs the client's zone). `max_connections` caps the open
+    connections to each instance of the service from one proxy process (the
+    gateway's pools; callers beyond it wait for a connection, Envoy's
+    `max_connections`); the SDK's HTTP client keeps its own pool limits.
     """
 
     timeout: Duration | None = None
@@ -148,6 +151,7 @@ class CallPolicy(_Spec, frozen=True):
     balancer: BalancerName = "round_robin"
     hash_header: str | None = None
     zone_aware: bool = False
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         check_policy(self)
@@ -198,6 +202,8 @@ def check_policy(policy: CallPolicy) -> None:
         _check_outlier(policy.outlier, "$.outlier")
     if policy.hash_header is not None and not policy.hash_header.strip():
         raise _fail("$.hash_header", "must name a header")
+    if policy.max_connections is not None:
+        _within(policy.max_connections, "$.max_connections", 1, 1_000_000)
 
 
 def _check_retries(spec: RetrySpec, at: str) -> None:
