@@ -20,15 +20,21 @@ from typing import Any
 import httpx2
 import pytest
 import uvicorn
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import ASGIApp
 
+from crossway.registry import Catalog, Registry
 from crossway.sdk import Client
-from crossway.sdk.keepalive_stream import STREAM_PATH, DuplexStream
+from crossway.sdk.control import ControlPlane, ControlPlaneUnavailable
+from crossway.sdk.keepalive_stream import STREAM_PATH, DuplexStream, KeepaliveChannel
+from crossway.sdk.settings import ClientSettings
 from crossway.server.api import registry, system
+from crossway.server.api.registry import KeepaliveStream
 from crossway.server.app import create_app
 from crossway.server.context import ServerContext
 from crossway.server.run import CorkedHttpProtocol, bind_socket
 from crossway.server.settings import ServerSettings
+from crossway.store.local import LocalStore
 from crossway.store.memory import open_memory_store
 from crossway.testing.server import CrosswayServer, start_server
 
@@ -260,6 +266,28 @@ async def test_a_client_registers_again_after_missing(
 
 
 @contextlib.asynccontextmanager
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
+    """`app` on uvicorn's httptools protocol, corked as `crossway server` runs
+    it, on a free loopback port in this event loop; yields its URL."""
+    config = uvicorn.Config(app, http=CorkedHttpProtocol, lifespan="off", log_config=None)
+    config.load()
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
+    with bind_socket("127.0.0.1", 0) as sock:
+        port = sock.getsockname()[1]
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        for _ in range(200):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            await task
+
+
+@contextlib.asynccontextmanager
 async def app_without_stream() -> AsyncIterator[str]:
     """A control plane whose registry API lacks the stream route (an older
     version), served in this event loop."""
@@ -268,29 +296,78 @@ async def app_without_stream() -> AsyncIterator[str]:
         routes = registry.routes(ctx)
         return [r for r in routes if not (isinstance(r, Route) and r.path == STREAM_PATH)]
 
-    store = open_memory_store()
-    ctx = ServerContext(store=store, settings=ServerSettings(store="memory"))
+    ctx = ServerContext(store=open_memory_store(), settings=ServerSettings(store="memory"))
     app = create_app(ctx, providers=[system.routes, older_registry])
     await ctx.start()
-    config = uvicorn.Config(app, http=CorkedHttpProtocol, lifespan="off", log_config=None)
-    config.load()
-    server = uvicorn.Server(config)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     try:
-        with bind_socket("127.0.0.1", 0) as sock:
-            port = sock.getsockname()[1]
-            task = asyncio.create_task(server.serve(sockets=[sock]))
-            for _ in range(200):
-                if server.started or task.done():
-                    break
-                await asyncio.sleep(0.01)
-            try:
-                yield f"http://127.0.0.1:{port}"
-            finally:
-                server.should_exit = True
-                await task
+        async with serving(app) as url:
+            yield url
     finally:
         await ctx.close()
+
+
+@contextlib.asynccontextmanager
+async def bare_stream(**options: float) -> AsyncIterator[tuple[str, LocalStore, asyncio.Event]]:
+    """Only the stream endpoint, over a memory store, with `options` (idle, max_line)."""
+    store = open_memory_store()
+    catalog = Catalog(store)
+    await catalog.start()
+    reg, stopping = Registry(store, catalog), asyncio.Event()
+    endpoint = KeepaliveStream(reg, stopping, **options)  # type: ignore[arg-type]
+    try:
+        async with serving(Router([Route(STREAM_PATH, endpoint, methods=["POST"])])) as url:
+            yield url, store, stopping
+    finally:
+        stopping.set()
+        await catalog.stop()
+        await store.close()
+
+
+async def test_an_idle_stream_is_closed() -> None:
+    async with bare_stream(idle=0.3) as (url, _, _), stream(url) as lines:
+        started = time.monotonic()
+        note = await lines.next()
+        assert note == "# closing: idle for 0.3s"
+        assert await lines.next() is None
+        assert time.monotonic() - started < 3.0
+
+
+async def test_the_event_of_shutdown_ends_an_open_stream() -> None:
+    async with bare_stream() as (url, _, stopping), stream(url) as lines:
+        await lines.duplex.send(b"abc\n")
+        assert await lines.next() == "abc missing"
+        stopping.set()
+        assert await lines.next() == "# closing: the server is shutting down; reconnect"
+        assert await lines.next() is None
+
+
+async def test_a_channel_renews_on_a_fresh_stream_after_the_server_ends_one(
+    tmp_path: Path,
+) -> None:
+    async with bare_stream() as (url, store, stopping):
+        lease = (await store.grant(30)).id
+        settings = ClientSettings(url=url, cache_dir=tmp_path)
+        async with ControlPlane(settings) as control:
+            channel = KeepaliveChannel(control)
+            assert await channel.renew(f"{lease:x}", timeout=2) == 30
+            stopping.set()  # every stream ends now, and any new one at once
+            with pytest.raises(ControlPlaneUnavailable):
+                await channel.renew(f"{lease:x}", timeout=2)  # no PUT route here either
+            stopping.clear()
+            assert await channel.renew(f"{lease:x}", timeout=2) == 30
+            assert (channel.stream_renewals, channel.put_renewals) == (2, 0)
+            await channel.aclose()
+
+
+async def test_a_channel_uses_put_while_the_stream_cannot_be_opened(tmp_path: Path) -> None:
+    with bind_socket("127.0.0.1", 0) as sock:  # bound, never listening: refused
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        async with ControlPlane(ClientSettings(url=url, cache_dir=tmp_path)) as control:
+            channel = KeepaliveChannel(control)
+            with pytest.raises(ControlPlaneUnavailable):
+                await channel.renew("abc", timeout=2)
+            assert (channel.stream_renewals, channel.put_renewals) == (0, 1)
+            await channel.aclose()
 
 
 async def test_a_client_falls_back_to_put_without_the_stream(tmp_path: Path) -> None:

