@@ -1,5 +1,6 @@
 # The README's set-up: `make run` and `make test` work on a fresh machine with
-# only python3 and make installed.
+# python3 and make (scripts/ensure-node installs Node.js for the dashboard's
+# build when it is missing).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -35,6 +36,7 @@ dashboard: $(DASHBOARD_STAMP)
 	@test -f $(DASHBOARD_INDEX) || { rm -f $(DASHBOARD_STAMP); $(MAKE) --no-print-directory $(DASHBOARD_STAMP); }
 
 $(DASHBOARD_STAMP): $(DASHBOARD_SRC)
+	scripts/ensure-node
 	cd dashboard && npm ci --no-audit --no-fund && npm run build
 	@touch $@
 
