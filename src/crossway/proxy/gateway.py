@@ -217,10 +217,10 @@ class Gateway:
         """Forward under the service's circuit breaking (overload.py), if any,
         within the route's overall deadline."""
         _check_body_limit(stream, match.route.route)
-        deadline = self._clock.now() + plan.timeout
         guard = self.guards.get(service)
-        if guard is None:
-            return await self._attempts(stream, match, plan, service, target, deadline)
+        if guard is None:  # the deadline starts with the first attempt
+            return await self._attempts(stream, match, plan, service, target, None)
+        deadline = self._clock.now() + plan.timeout  # the wait for a slot counts
         started = await guard.enter(plan.timeout)
         failed: bool | None = None
         try:
@@ -240,17 +240,23 @@ class Gateway:
         plan: _RoutePlan,
         service: str,
         target: bytes,
-        deadline: float,
+        deadline: float | None,
     ) -> int:
+        """The route's attempts; `deadline` (clock time) None: `plan.timeout`
+        from now (read from the clock only when there may be a second attempt)."""
         route = match.route.route
         edits = plan.edits
         if edits.needs_origin:
             edits = edits._replace(response=_response_edit(match.route.actions, stream))
         attempts = plan.attempts
         retriable = plan.retry_statuses if _may_retry_status(stream, route) else frozenset()
-        budget = plan.budgets.get(service) if attempts > 1 else None
-        if budget is not None:
-            budget.deposit()
+        budget = None
+        if attempts > 1:
+            budget = plan.budgets.get(service)
+            if budget is not None:
+                budget.deposit()
+            if deadline is None:
+                deadline = self._clock.now() + plan.timeout
         tried: set[str] = set()
         for attempt in range(attempts):
             endpoint = self._pick(service, route, tried)
@@ -263,7 +269,8 @@ class Gateway:
             held = budget if not final and budget is not None and budget.reserve() else None
             spent = not final and budget is not None and held is None
             statuses: frozenset[int] = frozenset() if final or spent else retriable
-            timeout, overall = _attempt_timeout(plan, deadline - self._clock.now())
+            remaining = plan.timeout if deadline is None else deadline - self._clock.now()
+            timeout, overall = _attempt_timeout(plan, remaining)
             try:
                 status = await self._attempt(
                     stream, service, endpoint, route, target, edits, statuses, timeout
