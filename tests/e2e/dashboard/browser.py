@@ -29,6 +29,7 @@ from playwright.async_api import (
     Request,
     Response,
     async_playwright,
+    expect,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -164,6 +165,17 @@ class Dashboard:
             text = await root.first.inner_text()
             raise AssertionError(f"page-{page_id} failed to load its data: {text[:500]}")
         return root.first
+
+    async def replace_editor_text(self, editor_id: str, text: str) -> None:
+        """Select everything in the CodeMirror editor hosted by `editor_id` and
+        insert `text` as one input (typed keys would be auto-indented and
+        auto-closed)."""
+        content = self.by_id(editor_id).locator(".cm-content")
+        await content.click()
+        await self.page.keyboard.press("Control+a")
+        await self.page.keyboard.press("Delete")
+        await self.page.keyboard.insert_text(text)
+        await expect(content).to_contain_text(text.strip().splitlines()[0])
 
     # -- screenshots ----------------------------------------------------------------
 

@@ -109,6 +109,8 @@ ROUTES: dict[str, dict[str, Any]] = {
         "timeout": "3s",
         "retries": {"attempts": 2},
     },
+    # The route the editing test changes.
+    "edit-me": {"match": {"path_prefix": "/edit-me"}, "backends": [{"service": "web"}]},
 }
 
 POLICIES: dict[str, dict[str, Any]] = {

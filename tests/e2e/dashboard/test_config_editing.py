@@ -23,17 +23,6 @@ pytestmark = pytest.mark.integration
 POLL_TIMEOUT_S = 10.0
 
 
-async def replace_editor_text(dashboard: Dashboard, text: str) -> None:
-    """Select everything in the CodeMirror editor and insert `text` as one
-    input (typed keys would be auto-indented and auto-closed)."""
-    content = dashboard.by_id("config-editor").locator(".cm-content")
-    await content.click()
-    await dashboard.page.keyboard.press("Control+a")
-    await dashboard.page.keyboard.press("Delete")
-    await dashboard.page.keyboard.insert_text(text)
-    await expect(content).to_contain_text(text.strip().splitlines()[0])
-
-
 async def history(url: str, path: str) -> list[dict[str, object]]:
     async with httpx.AsyncClient(timeout=5) as client:
         answer = await client.get(f"{url}/v1/config/{path}/history")
@@ -67,7 +56,7 @@ async def test_invalid_yaml_shows_the_error_inline_and_stores_nothing(
     stored = (await content(dashboard.base_url, path)).text
     dashboard.allow_http_error(400, f"/v1/config/{path}", "PUT")  # the refused save
     await dashboard.open(f"/config/{path}", "config-key")
-    await replace_editor_text(dashboard, "timeout: 5s\nretries: b: 2\n")
+    await dashboard.replace_editor_text("config-editor", "timeout: 5s\nretries: b: 2\n")
     await dashboard.by_id("config-message").fill("a broken edit")
     await dashboard.by_id("config-save").click()
     error = dashboard.by_id("config-error")
@@ -83,7 +72,7 @@ async def test_a_valid_edit_appears_in_history(dashboard: Dashboard) -> None:
     path = "prod/checkout/valid.yaml"
     await dashboard.open(f"/config/{path}", "config-key")
     await expect(dashboard.by_id("history-row-1")).to_be_visible()
-    await replace_editor_text(dashboard, "replicas: 5\n")
+    await dashboard.replace_editor_text("config-editor", "replicas: 5\n")
     await dashboard.by_id("config-message").fill("scale out for the sale")
     await dashboard.by_id("config-save").click()
     await expect(dashboard.by_id("config-saved")).to_contain_text("2")
@@ -120,7 +109,7 @@ async def test_gray_release_reaches_only_matching_labels_until_promoted(
     path = "prod/checkout/gray.yaml"
     url = dashboard.base_url
     await dashboard.open(f"/config/{path}", "config-key")
-    await replace_editor_text(dashboard, "feature: on\n")
+    await dashboard.replace_editor_text("config-editor", "feature: on\n")
     await dashboard.by_id("beta-selector").fill("zone=eu-1")
     await dashboard.by_id("beta-publish").click()
 
