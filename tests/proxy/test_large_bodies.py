@@ -180,7 +180,8 @@ async def download(port: int, size: int) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /download?n=%d HTTP/1.1\r\nhost: t\r\n\r\n" % size)
     status, length = await read_response(reader)
-    assert status == 200 and length == size
+    assert status == 200
+    assert length == size
     received = 0
     while received < length:
         chunk = await reader.read(PIECE)
