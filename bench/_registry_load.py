@@ -17,12 +17,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import msgspec
 
 from crossway.testing.services import free_port
 
-SERVICES, PER_SERVICE = 1_000, 100
+# REGISTRY_BENCH_SERVICES=100 runs the same phases on a tenth of the population.
+SERVICES, PER_SERVICE = int(os.environ.get("REGISTRY_BENCH_SERVICES", "1000")), 100
 SMALL_SERVICES, PER_SMALL = 5, 3
 TTL = "30s"
 REGISTER_CONNECTIONS = 64
@@ -30,6 +32,7 @@ POPULATE_CAP = 100.0  # seconds; a slow server is reported with what it managed
 RENEW_EVERY, BATCH = 10.0, 500
 WRK_CONNECTIONS, WRK_SECONDS, WRK_RUNS = 64, 3, 3
 WATCHERS, WATCHED, ROUNDS, ROUND_TIMEOUT = 1_000, 4, 20, 2.0
+STREAMS, STREAM_CHUNK, STREAM_WINDOW, FLEET_TICK = 50, 200, 1_000, 0.05
 ETCD_LEASES, ETCD_STREAMS, ETCD_WINDOW, ETCD_SECONDS = 10_000, 8, 256, 6.0
 NACOS_REGISTER, NACOS_QUERY = 26_800 / 24, 30_700 / 24  # per core: 3 servers x 8 cores
 TARGET_KEEPALIVES, TARGET_QUERIES, TARGET_P99_MS, TARGET_RSS_MB = 20_000, 10_000, 100.0, 500.0
@@ -291,3 +294,115 @@ async def floor(size: int) -> Rate:
     finally:
         process.terminate()
         process.wait()
+
+
+# Keepalive streams: `POST /v1/leases/keepalive/stream`, a chunked body of lease ids
+# and a chunked response of one line per id. Hand-framed on a bare asyncio protocol,
+# as the wrk scripts are hand-written: the client must cost as little as possible.
+
+STREAM_HEAD = (
+    b"POST /v1/leases/keepalive/stream HTTP/1.1\r\nHost: bench\r\n"
+    b"Transfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
+)
+RENEWED = f" {TTL.removesuffix('s')}\n".encode()  # "<lease> 30\n"
+MISSING = b" missing\n"
+
+
+class KeepaliveStream(asyncio.Protocol):
+    """One keepalive stream; counts the answers (renewed or not) as they arrive.
+    With `window`, keeps that many lines in flight, sending `chunk` at a time
+    from its leases in turn (flat out)."""
+
+    def __init__(self, leases: list[str], *, window: int = 0, chunk: int = STREAM_CHUNK) -> None:
+        self.leases, self.window, self.chunk = leases, window, chunk
+        self.next = self.sent = self.renewed = self.missing = 0
+        self.tail = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(STREAM_HEAD)
+        self.top_up()
+
+    def data_received(self, data: bytes) -> None:
+        # Every answer ends with a newline: count up to the last one, keep the rest.
+        seen = self.tail + data
+        cut = seen.rfind(b"\n") + 1
+        self.renewed += seen.count(RENEWED, 0, cut)
+        self.missing += seen.count(MISSING, 0, cut)
+        self.tail = seen[cut:]
+        self.top_up()
+
+    @property
+    def answered(self) -> int:
+        return self.renewed + self.missing
+
+    def send(self, count: int) -> None:
+        """The next `count` leases as one chunk."""
+        assert self.transport is not None
+        start = self.next
+        picked = [self.leases[(start + i) % len(self.leases)] for i in range(count)]
+        self.next = (start + count) % len(self.leases)
+        body = ("\n".join(picked) + "\n").encode()
+        self.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        self.sent += count
+
+    def top_up(self) -> None:
+        while self.window and self.sent - self.answered + self.chunk <= self.window:
+            self.send(self.chunk)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_streams(port: int, leases: list[str], **kwargs: int) -> list[KeepaliveStream]:
+    loop = asyncio.get_running_loop()
+    streams = [KeepaliveStream(leases[s::STREAMS], **kwargs) for s in range(STREAMS)]
+    for stream in streams:
+        await loop.create_connection(lambda s=stream: s, "127.0.0.1", port)  # type: ignore[misc]
+    return streams
+
+
+async def stream_flat_out(port: int, leases: list[str]) -> tuple[int, int]:
+    """STREAMS streams, each keeping STREAM_WINDOW leases in flight, for WRK_SECONDS."""
+    streams = await open_streams(port, leases, window=STREAM_WINDOW)
+    try:
+        await asyncio.sleep(WRK_SECONDS)
+        return sum(s.renewed for s in streams), sum(s.missing for s in streams)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+async def stream_fleet(port: int, leases: list[str]) -> tuple[int, int]:
+    """Every lease renewed once per RENEW_EVERY seconds over STREAMS streams, as a
+    fleet's timers would: every FLEET_TICK each stream sends its share of the leases
+    due. One full round; answers still in flight at the end wait up to a second."""
+    streams = await open_streams(port, leases)
+    try:
+        ticks = round(RENEW_EVERY / FLEET_TICK)
+        start = time.perf_counter()
+        for tick in range(ticks):
+            for stream in streams:
+                due = len(stream.leases) * (tick + 1) // ticks - len(stream.leases) * tick // ticks
+                if due:
+                    stream.send(due)
+            await asyncio.sleep(max(0.0, start + (tick + 1) * FLEET_TICK - time.perf_counter()))
+        for _ in range(100):
+            if all(s.answered >= s.sent for s in streams):
+                break
+            await asyncio.sleep(0.01)
+        return sum(s.renewed for s in streams), sum(s.missing for s in streams)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+async def stream_phases(pid: int, port: int, leases: list[str]) -> tuple[Rate, Rate]:
+    """The fleet round (one run), then flat out (best of WRK_RUNS, as wrk's rows)."""
+    fleet = await measured(pid, lambda: stream_fleet(port, leases))
+    runs = [await measured(pid, lambda: stream_flat_out(port, leases)) for _ in range(WRK_RUNS)]
+    best = min(runs, key=lambda rate: rate.cpu_us)
+    best.errors = sum(rate.errors for rate in runs)
+    return fleet, best

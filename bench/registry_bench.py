@@ -9,6 +9,11 @@ One run, one machine, loopback only; every phase has a fixed count or a time cap
 2. Heartbeats, with wrk (C; it loads the server harder than any Python client):
    `PUT /v1/leases/{lease}/keepalive` over every lease, then `POST /v1/leases/keepalive`
    with 500 leases a request (an agent renewing all the instances of its node).
+   Then keepalive streams (`POST /v1/leases/keepalive/stream`, etcd's LeaseKeepAlive over
+   HTTP/1.1), 50 of them on every lease: first as a fleet would use them, each lease once
+   per 10 s (ttl/3) in small chunks every 50 ms, for one full round; then flat out, 1,000
+   lines in flight per stream. The background renewer pauses meanwhile (the streams
+   renew every lease themselves), so the server's CPU is the streams' alone.
 3. Discovery, with wrk: `GET /v1/services/{service}`, 100 instances, then 3.
 4. Watchers: 1,000 SSE streams (`GET /v1/watch?prefix=…`) over 4 services, then 1,000
    blocking queries (`?index=N&wait=30s`). Each round re-registers one instance with a new
@@ -52,6 +57,8 @@ from bench._registry_load import (
     RENEW_EVERY,
     SERVICES,
     SMALL_SERVICES,
+    STREAM_WINDOW,
+    STREAMS,
     TARGET_KEEPALIVES,
     TARGET_P99_MS,
     TARGET_QUERIES,
@@ -69,6 +76,7 @@ from bench._registry_load import (
     populate,
     renew_forever,
     rss_mb,
+    stream_phases,
     wrk,
 )
 from bench._registry_watch import blocking_latency, sse_latency
@@ -104,14 +112,23 @@ async def crossway_side(server: CrosswayServer, results: Results) -> None:
         await asyncio.sleep(2.0)
         results.idle_cpu = (cpu_seconds(pid) - idle0) / 2.0
         await load_phases(server, leases, results)
+        await stop_renewer(renewer)
+        fleet, flat_out = await stream_phases(pid, port, leases)
+        results.rates["stream fleet"], results.rates["stream"] = fleet, flat_out
+        renewer = asyncio.ensure_future(renew_forever(port, leases, problems))
         results.latency["sse"] = await sse_latency(port)
         results.latency["blocking"] = await blocking_latency(port)
     finally:
-        renewer.cancel()
-        (outcome,) = await asyncio.gather(renewer, return_exceptions=True)
+        await stop_renewer(renewer)
+    results.renew_problems = len(problems)
+
+
+async def stop_renewer(renewer: asyncio.Future[None]) -> None:
+    """Stop the background renewer; RuntimeError if it had failed."""
+    renewer.cancel()
+    (outcome,) = await asyncio.gather(renewer, return_exceptions=True)
     if isinstance(outcome, Exception):
         raise RuntimeError("the background renewer failed; leases lapsed") from outcome
-    results.renew_problems = len(problems)
 
 
 async def load_phases(server: CrosswayServer, leases: list[str], results: Results) -> None:
@@ -173,6 +190,8 @@ def print_results(r: Results) -> None:
         ("register (PUT instance, 64 conns)", "register"),
         ("keepalive, one lease per request", "keepalive"),
         (f"keepalive, batched {BATCH} per request", "batched"),
+        (f"keepalive stream, fleet ({STREAMS} streams)", "stream fleet"),
+        (f"keepalive stream, flat out ({STREAMS})", "stream"),
         (f"discovery, {PER_SERVICE} instances ({size})", "discovery"),
         (f"discovery, {PER_SMALL} instances", "small"),
         ("uvicorn floor, 40 B answer", "floor small"),
@@ -185,6 +204,11 @@ def print_results(r: Results) -> None:
                 f"{rate.cpu_us:>9.1f}{rate.errors:>8}"
             )
     print("* etcd: per core and CPU µs are etcd's own CPU; per s is what our gRPC client drove")
+    print(
+        f"stream rows: errors = leases answered missing; fleet: every lease once per "
+        f"{RENEW_EVERY:g} s (per s is the offered rate); flat out: {STREAM_WINDOW:,} lines "
+        "in flight per stream, driven by one Python process"
+    )
     print(f"\n{'change -> watcher':<40}{'p50 ms':>10}{'p99 ms':>10}{'samples':>9}{'missed':>8}")
     for key, label in (("sse", "SSE watch"), ("blocking", "blocking query"), ("etcd", "etcd")):
         if (lat := r.latency.get(key)) is not None:
@@ -209,6 +233,8 @@ def print_summary(r: Results) -> None:
     rows = [  # label, ours, anchor, its value, target (negative: an upper bound)
         ("keepalives/core, one per request", core.get("keepalive"), "etcd", etcd, ka),
         (f"keepalives/core, batched {BATCH}", core.get("batched"), "etcd", etcd, ka),
+        ("keepalives/core, stream (fleet)", core.get("stream fleet"), "etcd", etcd, ka),
+        ("keepalives/core, stream (flat out)", core.get("stream"), "etcd", etcd, ka),
         ("discovery queries/core", core.get("discovery"), "Nacos", NACOS_QUERY, TARGET_QUERIES),
         ("registrations/core", core.get("register"), "Nacos", NACOS_REGISTER, None),
         ("watcher p99 ms, SSE", p99.get("sse"), "etcd", p99.get("etcd"), ms),
