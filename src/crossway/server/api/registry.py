@@ -334,7 +334,8 @@ class KeepaliveStream:
         A chunk costs one `receive()` and one `send()`: the idle limit is a
         deadline moved on with each chunk, and shutdown cancels this task
         (one waiter per stream, not a wait on two futures per chunk; at one
-        line per chunk that halves the server's CPU per keepalive)."""
+        line per chunk that took the server's CPU per keepalive from about
+        52 to 40 µs, its background work included)."""
         if self.stopping.is_set():
             return _SHUTTING_DOWN
         task = asyncio.current_task()
