@@ -99,7 +99,7 @@ class ResponseHead:
         return Framing.CLOSE if self.content_length is None else Framing.LENGTH
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per response (see http1.py's events)
 class ResponseReceived:
     head: ResponseHead
 
