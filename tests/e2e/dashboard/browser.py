@@ -180,21 +180,38 @@ class Dashboard:
     # -- screenshots ----------------------------------------------------------------
 
     async def screenshots(self, name: str) -> list[Path]:
-        """Save the current page at desktop and phone widths, light and dark,
-        under `SCREENSHOTS`; the viewport is back at desktop size afterwards."""
+        """Save the current page at desktop and phone sizes, light and dark,
+        under `SCREENSHOTS`: what the viewport shows (`<name>-1280x900-dark.png`)
+        and the whole page (`…-full.png`); the viewport is back at desktop
+        size afterwards."""
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         saved = []
         for width, height in (DESKTOP, PHONE):
-            await self.page.set_viewport_size({"width": width, "height": height})
             for theme in ("light", "dark"):
+                stem = SCREENSHOTS / f"{name}-{width}x{height}-{theme}"
+                await self._resize(width, height)
                 await self.set_theme(theme)
-                await self.page.wait_for_timeout(400)  # charts re-layout on resize/theme
-                path = SCREENSHOTS / f"{name}-{width}x{height}-{theme}.png"
-                await self.page.screenshot(path=str(path), full_page=True)
-                saved.append(path)
+                await self._settle()
+                await self.page.screenshot(path=f"{stem}.png")
+                # The whole page through a viewport as tall as the page (not
+                # Playwright's full_page, which resizes under canvas-drawn
+                # graphs and charts and catches them blank mid-redraw).
+                full = await self.page.evaluate("document.documentElement.scrollHeight")
+                await self._resize(width, max(height, int(full)))
+                await self._settle()
+                await self.page.screenshot(path=f"{stem}-full.png")
+                saved += [Path(f"{stem}.png"), Path(f"{stem}-full.png")]
         await self.set_theme("light")
-        await self.page.set_viewport_size({"width": DESKTOP[0], "height": DESKTOP[1]})
+        await self._resize(*DESKTOP)
         return saved
+
+    async def _resize(self, width: int, height: int) -> None:
+        await self.page.set_viewport_size({"width": width, "height": height})
+
+    async def _settle(self) -> None:
+        # Charts and the graph re-lay out on resize and theme changes, on the
+        # next animation frames; screenshots wait for them.
+        await self.page.wait_for_timeout(500)
 
     async def theme(self) -> str:
         value = await self.page.evaluate("document.documentElement.dataset.theme || ''")
