@@ -440,3 +440,18 @@ async def test_follow_keeps_the_last_policies_while_the_plane_is_down(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_retry_statuses_have_a_name_yaml_cannot_turn_into_true() -> None:
+    from crossway.traffic.policy import RetrySpec, decode_policy
+
+    spec = decode_policy(b'{"retries": {"statuses": [503]}}').retries
+    assert spec is not None
+    assert spec.retry_statuses == (503,)
+    older = decode_policy(b'{"retries": {"on": [500]}}').retries
+    assert older is not None
+    assert older.retry_statuses == (500,)
+    assert RetrySpec().retry_statuses == (502, 503, 504)
+    with pytest.raises(InvalidArgument) as both:
+        decode_policy(b'{"retries": {"statuses": [503], "on": [500]}}')
+    assert both.value.details["field"] == "$.retries.statuses"

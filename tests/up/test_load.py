@@ -257,3 +257,21 @@ def test_dependency_problems_come_with_the_field_problems() -> None:
         "crossway.yaml:5:15: services.web.replicas: must be >= 1",
         "crossway.yaml:6:18: services.web.depends_on[0]: unknown service 'nope'",
     ]
+
+
+def test_a_bare_on_key_gets_a_hint_and_statuses_loads() -> None:
+    text = """\
+        version: 1
+        services:
+          api: {command: app}
+        policies:
+          api:
+            retries:
+              on: [500]
+        """
+    assert problems(text) == [
+        "crossway.yaml:7:7: policies.api.retries: unknown field `true` "
+        "(a bare `on:` is the boolean true in YAML: write `statuses:`)"
+    ]
+    fixed = load_text(textwrap.dedent(text.replace(" on:", " statuses:")))
+    assert fixed.policies["api"]["retries"] == {"statuses": [500]}

@@ -262,7 +262,7 @@ def build_retries(
         backoff=backoff,
         retry_on=safe_errors,
         abort_on=abort_on,
-        retry_on_statuses=frozenset(spec.on),
+        retry_on_statuses=frozenset(spec.retry_statuses),
     )
     unsafe = RetryPolicy(
         max_attempts=spec.attempts, backoff=backoff, retry_on=unsent_errors, abort_on=abort_on

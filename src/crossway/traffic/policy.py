@@ -40,6 +40,9 @@ DEFAULT_NAME = "default"
 SERVER_ERRORS = frozenset(range(500, 600))
 
 
+DEFAULT_RETRY_STATUSES = (502, 503, 504)
+
+
 class _Spec(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
 ):
@@ -68,17 +71,28 @@ class RetrySpec(_Spec, frozen=True):
     """`attempts` counts every try, the first included (1: never retry).
 
     Connection failures (nothing was sent) are retried for every method.
-    Statuses in `on`, broken connections and per-try timeouts are retried
-    only for idempotent methods (GET HEAD OPTIONS TRACE PUT DELETE), unless
-    `non_idempotent` is true. A retry goes to another instance when there is one.
+    Statuses in `statuses`, broken connections and per-try timeouts are
+    retried only for idempotent methods (GET HEAD OPTIONS TRACE PUT DELETE),
+    unless `non_idempotent` is true. A retry goes to another instance when
+    there is one.
+
+    `on` is the older name of `statuses`, still read. YAML 1.1 reads a bare
+    `on:` key as the boolean true, which is why `statuses` is the name to
+    write; a document gives one or the other.
     """
 
     attempts: int = 3
-    on: tuple[int, ...] = (502, 503, 504)
+    statuses: tuple[int, ...] | None = None
+    on: tuple[int, ...] = DEFAULT_RETRY_STATUSES
     non_idempotent: bool = False
     per_try_timeout: Duration | None = None
     backoff: BackoffSpec = BackoffSpec()
     budget: BudgetSpec | None = BudgetSpec()
+
+    @property
+    def retry_statuses(self) -> tuple[int, ...]:
+        """The statuses retried: `statuses` when given, else `on`."""
+        return self.on if self.statuses is None else self.statuses
 
 
 class BreakerSpec(_Spec, frozen=True):
@@ -208,6 +222,10 @@ def check_policy(policy: CallPolicy) -> None:
 
 def _check_retries(spec: RetrySpec, at: str) -> None:
     _within(spec.attempts, f"{at}.attempts", 1, 10)
+    if spec.statuses is not None:
+        if spec.on != DEFAULT_RETRY_STATUSES:
+            raise _fail(f"{at}.statuses", "give statuses or its older name on, not both")
+        _statuses(spec.statuses, f"{at}.statuses")
     _statuses(spec.on, f"{at}.on")
     if spec.per_try_timeout is not None:
         _seconds(spec.per_try_timeout, f"{at}.per_try_timeout", positive=True)

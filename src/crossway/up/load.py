@@ -173,6 +173,8 @@ def _document(
             message = message.removeprefix(f"{prefix}: ")
         message = message.replace("Object contains unknown field", "unknown field")
         message = message[:1].lower() + message[1:]
+        if message == "unknown field `true`":  # YAML 1.1 reads a bare `on:` as true
+            message += " (a bare `on:` is the boolean true in YAML: write `statuses:`)"
         return [([*where, *json_path_parts(field)], message)]
     return []
 
