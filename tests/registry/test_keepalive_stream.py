@@ -25,7 +25,7 @@ from starlette.types import ASGIApp
 
 from crossway.registry import Catalog, Registry
 from crossway.sdk import Client
-from crossway.sdk.control import ControlPlane, ControlPlaneUnavailable
+from crossway.sdk.control import ControlPlane, ControlPlaneError, ControlPlaneUnavailable
 from crossway.sdk.keepalive_stream import STREAM_PATH, DuplexStream, KeepaliveChannel
 from crossway.sdk.settings import ClientSettings
 from crossway.server.api import registry, system
@@ -356,6 +356,20 @@ async def test_a_channel_renews_on_a_fresh_stream_after_the_server_ends_one(
             stopping.clear()
             assert await channel.renew(f"{lease:x}", timeout=2) == 30
             assert (channel.stream_renewals, channel.put_renewals) == (2, 0)
+            await channel.aclose()
+
+
+async def test_concurrent_renewals_share_one_stream(tmp_path: Path) -> None:
+    async with bare_stream() as (url, store, _):
+        leases = [f"{(await store.grant(20 + i)).id:x}" for i in range(10)]
+        async with ControlPlane(ClientSettings(url=url, cache_dir=tmp_path)) as control:
+            channel = KeepaliveChannel(control)
+            ttls = await asyncio.gather(*(channel.renew(x, timeout=3) for x in leases * 2))
+            assert ttls == [20.0 + i for i in range(10)] * 2
+            with pytest.raises(ControlPlaneError) as refused:
+                await channel.renew("7fffffff0000abcd", timeout=3)
+            assert (refused.value.status, refused.value.code) == (404, "lease_not_found")
+            assert (channel.streams_opened, channel.stream_renewals) == (1, 21)
             await channel.aclose()
 
 

@@ -56,6 +56,8 @@ STREAM_RETRY = 10.0
 UNSUPPORTED_RETRY = 600.0
 """Seconds of PUT keepalives after the control plane said it has no stream."""
 READ_SIZE = 65536
+MAX_ANSWER_LINE = 4096
+"""Bytes of an answer line beyond which the stream is taken as broken."""
 
 
 class StreamRefused(Exception):
@@ -186,8 +188,12 @@ class LeaseStream:
         try:
             return await answer
         except asyncio.CancelledError:
-            with contextlib.suppress(ValueError):
-                self._waiting.get(lease, collections.deque()).remove(answer)
+            answers = self._waiting.get(lease)
+            if answers is not None:
+                with contextlib.suppress(ValueError):
+                    answers.remove(answer)
+                if not answers:
+                    del self._waiting[lease]
             raise
 
     async def aclose(self) -> None:
@@ -226,6 +232,8 @@ class LeaseStream:
                 *lines, partial = (partial + piece).split(b"\n")
                 for line in lines:
                     self._answer(line.decode("utf-8", "replace").strip())
+                if len(partial) > MAX_ANSWER_LINE:
+                    raise h11.RemoteProtocolError("an answer line without end")
             log.debug("the control plane ended the keepalive stream")
         except (OSError, h11.ProtocolError) as exc:
             log.debug("the keepalive stream broke: %s", exc)
@@ -262,6 +270,7 @@ class KeepaliveChannel:
         """Renewals answered on the stream."""
         self.put_renewals = 0
         """Renewals sent as `PUT /v1/leases/{lease}/keepalive`."""
+        self.streams_opened = 0
         self._stream: LeaseStream | None = None
         self._opening = asyncio.Lock()
         self._retry_at = 0.0
@@ -332,6 +341,7 @@ class KeepaliveChannel:
             self._retry_at = self.clock.now() + STREAM_RETRY
             log.debug("cannot open the keepalive stream: %s", exc)
             return None
+        self.streams_opened += 1
         return LeaseStream(duplex)
 
     async def _drop(self) -> None:
