@@ -1,8 +1,9 @@
 """Fixtures of the dashboard's end-to-end tests.
 
 One control plane (a real `crossway server` subprocess on SQLite) serves the
-dashboard for the whole session, seeded through its HTTP API (see seed.py)
-with golden signals kept flowing in the background. A `crossway gateway`
+dashboard to every test of this package (and stops after the last one),
+seeded through its HTTP API (see seed.py) with golden signals kept flowing
+in the background. A `crossway gateway`
 subprocess follows its routes, in front of two tiny upstream servers
 registered as `orders` and `orders-canary` that each answer their own name.
 Each test gets a fresh headless Chromium (`dashboard`), and fails when the
@@ -37,7 +38,7 @@ CANARY_SERVICES = ("orders", "orders-canary")
 READY_TIMEOUT_S = 40.0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def control() -> Iterator[CrosswayServer]:
     # Alerts evaluated every second, so the firing rule fires within the seeding.
     server = start_server(store="sqlite", env={"CROSSWAY_ALERT_INTERVAL": "1s"})
@@ -47,7 +48,7 @@ def control() -> Iterator[CrosswayServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def dashboard_url(control: CrosswayServer) -> str:
     """The control plane's URL, once it is known to serve the built dashboard."""
     answer = httpx.get(control.url + "/", timeout=10)
@@ -57,7 +58,7 @@ def dashboard_url(control: CrosswayServer) -> str:
     return control.url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def upstreams() -> Iterator[dict[str, int]]:
     """{service: port} of one tiny HTTP server per canary service, each
     answering every GET with its own service name."""
@@ -95,7 +96,7 @@ def _name_server(name: str) -> ThreadingHTTPServer:
     return ThreadingHTTPServer(("127.0.0.1", 0), Answer)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def seeded(control: CrosswayServer, upstreams: dict[str, int]) -> Iterator[Seed]:
     """The seeded control plane, once its signals show and the rule fires."""
     written = seed(control.url, upstreams)
@@ -132,7 +133,7 @@ class Gateway:
     admin_url: str
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gateway(
     control: CrosswayServer, seeded: Seed, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
@@ -170,7 +171,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
     raise RuntimeError(f"crossway gateway not ready: {log_path.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> None:
     """Asked for first, so a machine without Chromium skips before any server starts."""
     require(chromium_available(), "chromium is not installed (run scripts/ensure-chromium)")
