@@ -115,7 +115,7 @@ async def forward(
         upgrade_to = stream.head.upgrade or b""
         extra_headers = [*(extra_headers or []), (b"connection", b"upgrade")]
         extra_headers.append((b"upgrade", upgrade_to))
-    wire_head = _request_head(stream, policy, target, extra_headers, drop_headers)
+    wire_head = _request_head(stream, policy, target, extra_headers, drop_headers, address)
     plan = _Plan(wire_head, timeout, policy, edit_response, max_body, retry_statuses)
     try:
         return await _attempt(stream, address, pool, plan, fresh=False)
@@ -129,6 +129,7 @@ def _request_head(
     target: bytes | None,
     extra: Headers | None,
     drop: frozenset[bytes],
+    address: Address,
 ) -> bytes:
     head = stream.head
     drop = drop | _NOT_FORWARDED if drop else _NOT_FORWARDED
@@ -136,8 +137,17 @@ def _request_head(
     headers = forward_request(headers, stream.peer, policy)
     if extra:
         headers.extend(extra)
+    if head.host is None and not any(name == b"host" for name, _ in headers):
+        # An HTTP/1.0 client may send no Host; the request goes upstream as
+        # HTTP/1.1, which requires one (RFC 9112 section 3.2): name the upstream.
+        headers.append((b"host", _authority(address)))
     framing, length = _request_framing(head)
     return encode_head(request_line(head.method, target or head.target), headers, framing, length)
+
+
+def _authority(address: Address) -> bytes:
+    host, port = address[0], address[1]
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode("ascii")
 
 
 def _request_framing(head: RequestHead) -> tuple[Framing, int | None]:

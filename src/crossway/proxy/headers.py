@@ -172,7 +172,9 @@ def forward_request(
     if policy.x_forwarded:
         out.append((b"x-forwarded-for", _append(prior.get(b"x-forwarded-for"), peer.address)))
         out.append((b"x-forwarded-proto", prior.get(b"x-forwarded-proto", peer.scheme)))
-        out.append((b"x-forwarded-host", prior.get(b"x-forwarded-host", host)))
+        forwarded_host = prior.get(b"x-forwarded-host", host)
+        if forwarded_host:  # an HTTP/1.0 client may name no host at all
+            out.append((b"x-forwarded-host", forwarded_host))
     if policy.forwarded:
         element = _forwarded_element(peer)
         earlier = prior.get(b"forwarded")
@@ -209,7 +211,8 @@ def _fresh_forwarding(peer: Peer, policy: ForwardingPolicy) -> tuple[tuple[bytes
     if policy.x_forwarded:
         out.append((b"x-forwarded-for", peer.address.encode()))
         out.append((b"x-forwarded-proto", peer.scheme))
-        out.append((b"x-forwarded-host", host))
+        if host:
+            out.append((b"x-forwarded-host", host))
     if policy.forwarded:
         out.append((b"forwarded", _forwarded_element(peer)))
     out.append((b"via", _via_entry(peer.version, policy.via)))
