@@ -351,3 +351,56 @@ async def test_a_request_handler_reaches_the_client_through_app_state(
     app = Starlette(routes=[Route("/who", who), Mount("/m", routes=[])], lifespan=lifespan(client))
     async with app.router.lifespan_context(app), http(app) as h:
         assert (await h.get("/who")).json() == {"service": "st"}
+
+
+async def test_registering_waits_until_the_server_listens(
+    server: CrosswayServer, tmp_path: Path
+) -> None:
+    # ASGI servers run the lifespan before they listen: with the setting on,
+    # nobody is sent to this instance until its port accepts connections.
+    from crossway.testing.services import free_port
+
+    port = free_port()
+    client = Client(
+        url=server.url,
+        service="ls-late",
+        port=port,
+        address="127.0.0.1",
+        cache_dir=tmp_path,
+        register_when_listening=True,
+    )
+    app = Starlette(lifespan=lifespan(client))
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.3)
+        assert registered(server, "ls-late") == []  # started, not listening yet
+        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        try:
+            for _ in range(100):
+                if registered(server, "ls-late") == [client.instance_id]:
+                    break
+                await asyncio.sleep(0.05)
+            assert registered(server, "ls-late") == [client.instance_id]
+        finally:
+            listener.close()
+    assert registered(server, "ls-late") == []
+
+
+async def test_a_client_stopped_before_its_server_listened_never_registers(
+    server: CrosswayServer, tmp_path: Path
+) -> None:
+    from crossway.testing.services import free_port
+
+    client = Client(
+        url=server.url,
+        service="ls-never",
+        port=free_port(),
+        address="127.0.0.1",
+        cache_dir=tmp_path,
+        register_when_listening=True,
+    )
+    app = Starlette(lifespan=lifespan(client))
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)
+    assert registered(server, "ls-never") == []
+    assert client.registrations == 0

@@ -52,7 +52,9 @@ ends, however it ends; every request is observed exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import math
 import sys
 import time
@@ -88,6 +90,8 @@ from crossway.telemetry.tracecontext import (
     set_current_trace,
 )
 
+log = logging.getLogger("crossway.sdk")
+
 Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
 RateLimit = str | float | RateLimiter
 """A rate ("100/s", "5/m", or permits per second) or a ready limiter."""
@@ -117,7 +121,12 @@ def lifespan(client: Any, inner: Lifespan | None = None) -> Lifespan:
 
     @contextlib.asynccontextmanager
     async def run(app: Any) -> AsyncIterator[Any]:
-        await client.start()
+        settings = client.settings
+        if getattr(settings, "register_when_listening", False) and settings.port is not None:
+            address, port = settings.address, settings.port
+            await client.start(register_after=lambda: until_listening(address, port))
+        else:
+            await client.start()
         try:
             await _start_bindings(client)
             state = getattr(app, "state", None)
@@ -135,6 +144,31 @@ def lifespan(client: Any, inner: Lifespan | None = None) -> Lifespan:
                 await client.stop()
 
     return run
+
+
+LISTEN_WAIT = 60.0
+"""Seconds a deferred registration waits for the server to listen before
+registering anyway (with a warning)."""
+
+
+async def until_listening(
+    address: str, port: int, *, wait: float = LISTEN_WAIT, every: float = 0.02
+) -> None:
+    """Return once `address:port` accepts a TCP connection, or after `wait`
+    seconds (logged: the server may listen on another address)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while loop.time() < deadline:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), every * 10)
+        except (OSError, TimeoutError):
+            await asyncio.sleep(every)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    log.warning("nothing listens on %s:%d after %gs; registering anyway", address, port, wait)
 
 
 async def _start_bindings(client: Any) -> None:

@@ -31,6 +31,7 @@ A client is started once; after `stop()` make a new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -43,7 +44,7 @@ from prometheus_client import CollectorRegistry
 
 from crossway.core.clock import Clock, SystemClock
 from crossway.core.durations import parse_duration
-from crossway.sdk.control import ControlPlane
+from crossway.sdk.control import ControlPlane, ControlPlaneError
 from crossway.sdk.coordination import Callback, Leader, Lock, ScheduledJob, job_election
 from crossway.sdk.discovery import DiscoveryCache
 from crossway.sdk.keepalive_stream import KeepaliveChannel
@@ -101,6 +102,7 @@ class Client:
         """Golden signals and spans of this service; None without a service name."""
         self._instance_id = settings.instance_id
         self._registrar: Registrar | None = None
+        self._deferred: asyncio.Task[None] | None = None
         self._helpers: list[Leader | ScheduledJob] = []
         self._state = "new"
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -112,13 +114,18 @@ class Client:
     def started(self) -> bool:
         return self._state == "started"
 
-    async def start(self) -> None:
+    async def start(self, *, register_after: Callable[[], Awaitable[None]] | None = None) -> None:
         """Start discovery, register (if asked), start the coordination helpers.
 
         Raises `InvalidSettings` when registering without a service or port,
         `ControlPlaneError` when the control plane refuses the registration,
         and `RuntimeError` when called twice. On any failure or cancellation,
         whatever was started is stopped again before the error propagates.
+
+        With `register_after`, registering waits in the background until that
+        awaitable is done (the lifespan passes "the server listens"); an
+        unreachable control plane is retried as always, and a refusal is
+        logged as an error instead of raised.
         """
         if self._state != "new":
             raise RuntimeError(f"this client is already {self._state}; make a new one")
@@ -129,8 +136,13 @@ class Client:
             await self.discovery.start()
             if self.telemetry is not None:
                 await self.telemetry.start(self._instance_id)
-            if self.register:
+            if self.register and register_after is None:
                 await self._start_registration()
+            elif self.register and register_after is not None:
+                self._registrar_for()  # bad settings fail the start, not the task
+                self._deferred = asyncio.create_task(
+                    self._register_when(register_after), name="crossway-register"
+                )
             for helper in self._helpers:
                 helper.start()
         except BaseException:
@@ -156,6 +168,10 @@ class Client:
         await self.stop()
 
     async def _start_registration(self) -> None:
+        self._registrar = self._registrar_for()
+        await self._registrar.start()
+
+    def _registrar_for(self) -> Registrar:
         service = self.settings.service
         if service is None:
             raise InvalidSettings(
@@ -163,7 +179,7 @@ class Client:
                 "(or pass register=False)",
                 field="service",
             )
-        self._registrar = Registrar(
+        return Registrar(
             self.control,
             service=service,
             instance_id=self.instance_id,
@@ -172,10 +188,23 @@ class Client:
             clock=self.clock,
             keepalives=self.keepalives,
         )
-        await self._registrar.start()
+
+    async def _register_when(self, ready: Callable[[], Awaitable[None]]) -> None:
+        await ready()
+        try:
+            await self._start_registration()
+        except ControlPlaneError as exc:
+            # What `start` would have raised; the server is up by now, so say it
+            # loudly and carry on unregistered rather than kill the service.
+            log.error("the control plane refused to register %s: %s", self.instance_id, exc)
+            self._registrar = None
 
     async def _shutdown(self, *, deregister: bool) -> None:
         self._state = "stopped"
+        if self._deferred is not None:  # still waiting to register: nothing to undo there
+            self._deferred.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deferred
         # Resign first (another process takes over at once), then deregister,
         # then stop following and close the connections.
         steps: list[Callable[[], Awaitable[None]]] = [h.stop for h in reversed(self._helpers)]

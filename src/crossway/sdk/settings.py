@@ -66,6 +66,7 @@ _ENV = {
     "telemetry": "CROSSWAY_TELEMETRY",
     "stats_interval": "CROSSWAY_STATS_INTERVAL",
     "trace_sample_rate": "CROSSWAY_TRACE_SAMPLE_RATE",
+    "register_when_listening": "CROSSWAY_REGISTER_WHEN_LISTENING",
 }
 _TRUE, _FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
 
@@ -101,6 +102,10 @@ class ClientSettings:
     """Seconds between golden-signal pushes (1 to 60)."""
     trace_sample_rate: float = 1.0
     """Share of new traces recorded here (a caller's decision is always kept)."""
+    register_when_listening: bool = False
+    """Under `crossway.lifespan`: register only once `address:port` accepts
+    connections, so no caller is sent to an instance whose server is still
+    starting (ASGI servers run the lifespan before they listen)."""
 
     def __post_init__(self) -> None:
         _set(self, "url", _check_url(self.url))
@@ -214,7 +219,7 @@ def _from_text(name: str, variable: str, raw: str) -> Any:
             return parse_duration(raw)
         if name == "trace_sample_rate":
             return float(raw)
-        if name == "telemetry":
+        if name == "telemetry" or name == "register_when_listening":
             return _flag(raw)
         if name == "labels":
             return parse_labels(raw)

@@ -272,6 +272,9 @@ def service_spec(project: Project, name: str) -> ProcessSpec:
     sdk_env = {
         "CROSSWAY_URL": project.control_url,
         "CROSSWAY_CACHE_DIR": str(project.data_dir / "cache"),
+        # A new replica is found by callers only once its server listens
+        # (crossway.lifespan waits for the port before registering).
+        "CROSSWAY_REGISTER_WHEN_LISTENING": "1",
     }
     if service.zone:
         sdk_env["CROSSWAY_ZONE"] = service.zone
