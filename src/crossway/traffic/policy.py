@@ -33,6 +33,9 @@ import msgspec
 from crossway.balance import OutlierConfig
 from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
+from crossway.core.validation import duration_at as _seconds
+from crossway.core.validation import field_error as _fail
+from crossway.core.validation import within as _within
 
 Duration = str | float
 POLICY_PREFIX = "/policies/"
@@ -172,25 +175,6 @@ class CallPolicy(_Spec, frozen=True):
 
 
 # -- validation -----------------------------------------------------------------------
-
-
-def _fail(field: str, message: str) -> InvalidArgument:
-    return InvalidArgument(f"{field.removeprefix('$.')}: {message}", field=field)
-
-
-def _seconds(value: Duration, field: str, *, positive: bool = False) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise _fail(field, str(exc)) from None
-    if positive and seconds <= 0:
-        raise _fail(field, "must be longer than zero")
-    return seconds
-
-
-def _within(value: float, field: str, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise _fail(field, f"must be between {low:g} and {high:g}, got {value:g}")
 
 
 def _statuses(values: tuple[int, ...], field: str) -> None:

@@ -36,8 +36,10 @@ from typing import Literal
 
 import msgspec
 
-from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
+from crossway.core.validation import duration_at
+from crossway.core.validation import field_error as _fail
+from crossway.core.validation import within as _within
 from crossway.resilience import parse_rate
 
 Duration = str | float
@@ -257,29 +259,9 @@ class Route(_Spec, frozen=True):
 # -- validation -------------------------------------------------------------------------
 
 
-def _fail(field: str, message: str) -> InvalidArgument:
-    return InvalidArgument(f"{field.removeprefix('$.')}: {message}", field=field)
-
-
 def seconds(value: Duration, field: str, *, positive: bool = False) -> float:
     """`value` in seconds; InvalidArgument naming `field` when it does not parse."""
-    try:
-        result = parse_duration(value)
-    except ValueError as exc:
-        raise _fail(field, str(exc)) from None
-    if positive and result <= 0:
-        raise _fail(field, "must be longer than zero")
-    return result
-
-
-def _within(value: float, field: str, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise _fail(field, f"must be between {_num(low)} and {_num(high)}, got {_num(value)}")
-
-
-def _num(value: float) -> str:
-    # 1000000, not 1e+06: these messages are read by people fixing a file
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return duration_at(value, field, positive=positive)
 
 
 def _regex(pattern: str | None, field: str) -> None:

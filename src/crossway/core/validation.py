@@ -1,0 +1,39 @@
+"""Checks for validated documents (routes, call policies, …): each failure is an
+`InvalidArgument` whose `field` is the JSON path of the value at fault, and
+whose message starts with that path, so the control plane's 400 and a
+`crossway.yaml` error both point at it."""
+
+from __future__ import annotations
+
+from crossway.core.durations import parse_duration
+from crossway.core.errors import InvalidArgument
+
+
+def field_error(field: str, message: str) -> InvalidArgument:
+    """`$.retries.attempts`, "must be …" -> "retries.attempts: must be …"."""
+    return InvalidArgument(f"{field.removeprefix('$.')}: {message}", field=field)
+
+
+def duration_at(value: str | float, field: str, *, positive: bool = False) -> float:
+    """`value` ("5s", "250ms", a number) in seconds; an error naming `field`
+    when it does not parse, or (with `positive`) is not above zero."""
+    try:
+        result = parse_duration(value)
+    except ValueError as exc:
+        raise field_error(field, str(exc)) from None
+    if positive and result <= 0:
+        raise field_error(field, "must be longer than zero")
+    return result
+
+
+def within(value: float, field: str, low: float, high: float) -> None:
+    """An error naming `field` unless low <= value <= high."""
+    if not low <= value <= high:
+        raise field_error(
+            field, f"must be between {readable(low)} and {readable(high)}, got {readable(value)}"
+        )
+
+
+def readable(value: float) -> str:
+    # 1000000, not 1e+06: these messages are read by people fixing a file.
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
