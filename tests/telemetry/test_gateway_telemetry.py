@@ -280,3 +280,18 @@ def test_build_telemetry_needs_something_to_do_and_checks_its_settings() -> None
     assert logs_only.reporter is None
     with pytest.raises(InvalidArgument, match="stats_interval"):
         TelemetrySettings(stats_interval=0.5)
+
+
+def test_the_config_file_may_set_the_access_log_and_the_flag_wins() -> None:
+    from crossway.proxy.routes.config import ConfigFileError, parse_config
+    from crossway.proxy.run import GatewaySettings, _telemetry_settings
+
+    config = parse_config("access_log: sample:0.5\nroutes: {}\n")
+    assert config.access_log == "sample:0.5"
+    from_file = _telemetry_settings(GatewaySettings(), config)
+    assert from_file.access_log.rate == 0.5
+    flag = _telemetry_settings(GatewaySettings(access_log="full"), config)
+    assert flag.access_log.rate == 1.0
+    assert _telemetry_settings(GatewaySettings(), parse_config("routes: {}\n")).access_log.rate == 0
+    with pytest.raises(ConfigFileError, match=r"gateway.yaml:2: .*access_log"):
+        parse_config("routes: {}\naccess_log: sometimes\n", source="gateway.yaml")

@@ -79,13 +79,13 @@ def gateway(
         ),
     ] = True,
     access_log: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--access-log",
             envvar="CROSSWAY_GATEWAY_ACCESS_LOG",
-            help="Access log on stdout: off, full or sample:R.",
+            help="Access log on stdout: off, full or sample:R (default: the file's, else off).",
         ),
-    ] = "off",
+    ] = None,
     stats_interval: Annotated[
         str,
         typer.Option(

@@ -74,8 +74,9 @@ class GatewaySettings:
     """Golden signals and spans to the control plane (with `control_plane`)."""
     stats_interval: float = 10.0
     trace_sample_rate: float = 1.0
-    access_log: str = "off"
-    """`off`, `full` or `sample:R` (proxy/telemetry.py)."""
+    access_log: str | None = None
+    """`off`, `full` or `sample:R` (proxy/telemetry.py); None: the config
+    file's `access_log`, else off."""
     redis_url: str | None = None
     """Redis for global rate limits; else the config file's `redis_url`."""
 
@@ -101,7 +102,7 @@ async def serve_gateway(
     config = load_config(settings.config_path) if settings.config_path else EMPTY
     stats = GatewayStats()
     clusters = Clusters(clock=clock)
-    telemetry = build_telemetry(_telemetry_settings(settings), clock=clock)
+    telemetry = build_telemetry(_telemetry_settings(settings, config), clock=clock)
     redis = _redis(settings, config)
     gateway = Gateway(
         config,
@@ -162,14 +163,15 @@ async def _close_redis(client: aioredis.Redis[bytes]) -> None:
     await client.aclose()  # type: ignore[attr-defined]
 
 
-def _telemetry_settings(settings: GatewaySettings) -> TelemetrySettings:
+def _telemetry_settings(settings: GatewaySettings, config: GatewayConfig) -> TelemetrySettings:
+    access_log = settings.access_log or config.access_log or "off"
     return TelemetrySettings(
         control_plane=settings.control_plane,
         token=settings.token,
         enabled=settings.telemetry,
         stats_interval=settings.stats_interval,
         trace_sample_rate=settings.trace_sample_rate,
-        access_log=parse_access_log(settings.access_log),
+        access_log=parse_access_log(access_log),
         instance=instance_name(),
     )
 
@@ -259,7 +261,7 @@ def run_gateway(settings: GatewaySettings) -> None:
     config = load_config(settings.config_path) if settings.config_path is not None else EMPTY
     _redis(settings, config)  # fail before forking, once (the client is not used)
     _tls(settings)
-    _telemetry_settings(settings)
+    _telemetry_settings(settings, config)
     children = [_fork(settings, worker) for worker in range(1, settings.workers)]
     try:
         _run_worker(settings, 0)

@@ -80,7 +80,13 @@ from crossway.telemetry.tracecontext import (
 )
 from crossway.telemetry.traces.model import Endpoint
 from crossway.telemetry.traces.reporter import SpanReporter
-from crossway.telemetry.traces.spans import PEER_SERVICE, Sampler, make_server_span
+from crossway.telemetry.traces.spans import (
+    HttpServerSpan,
+    HttpServerTags,
+    Sampler,
+    error_tag,
+    span_name,
+)
 
 GATEWAY = "gateway"
 CALLER = b"x-crossway-caller"
@@ -90,18 +96,17 @@ TRACE_FIELDS = frozenset(
 )
 GATEWAY_BATCH = 2000
 GATEWAY_BUFFER = 20_000
-UPSTREAM_TAG = "crossway.upstream"
-CLIENT_TAG = "client.address"
 _DROPPED = TRACE_FIELDS | {CALLER}
 _HEX = [f"{flags:02x}" for flags in range(256)]
 _CACHE_LIMIT = 4096
+_STATUS_TEXT = [str(status) for status in range(600)]
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
 def _new_ids() -> tuple[str, str]:
     """A new trace id and span id from one 192-bit draw (the request path's
     share of `new_trace_id()` + `new_span_id()`, at half the calls)."""
-    text = f"{random.getrandbits(192):048x}"
+    text = random.getrandbits(192).to_bytes(24).hex()
     trace_id, span_id = text[:32], text[32:]
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return new_trace_id(), new_span_id()
@@ -270,6 +275,7 @@ class GatewayTelemetry:
         self._flusher: asyncio.Task[None] | None = None
         self._drops: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._addresses: dict[tuple[str, int], str] = {}
+        self._names: dict[tuple[str, str], str] = {}
 
     async def start(self) -> None:
         """Start pushing, sending and flushing the access log (after fork)."""
@@ -392,26 +398,39 @@ class GatewayTelemetry:
     ) -> None:
         assert self.reporter is not None
         head = stream.head
-        tags = {CLIENT_TAG: stream.peer.address}
-        if request.service:
-            tags[PEER_SERVICE] = request.service
-        if request.upstream is not None:
-            tags[UPSTREAM_TAG] = self._address(request.upstream)
-        span = make_server_span(
-            trace_id=request.trace_id,
-            span_id=request.span_id,
-            parent_id=request.parent_id,
-            local=self._local,
-            method=method,
-            path=head.target.partition(b"?")[0].decode("latin-1"),
-            route=route or None,
-            status=status,
-            start_us=int((started + self._wall_offset) * 1_000_000),
-            duration_us=int(seconds * 1_000_000),
-            server_address=head.host.decode("latin-1") if head.host else None,
-            tags=tags,
+        upstream = request.upstream
+        tags = HttpServerTags(
+            method,
+            head.target.partition(b"?")[0].decode("latin-1"),
+            route or None,
+            _STATUS_TEXT[status] if 0 < status < 600 else None,
+            head.host.decode("latin-1") if head.host else None,
+            stream.peer.address,
+            request.service or None,
+            self._address(upstream) if upstream is not None else None,
+            error_tag(status, None),
+        )
+        span = HttpServerSpan(
+            request.trace_id,
+            request.span_id,
+            request.parent_id,
+            self._name(method, route),
+            "SERVER",
+            int((started + self._wall_offset) * 1_000_000),
+            max(1, int(seconds * 1_000_000)),
+            self._local,
+            tags,
         )
         self.reporter.record(span)
+
+    def _name(self, method: str, route: str) -> str:
+        key = (method, route)
+        found = self._names.get(key)
+        if found is None:
+            if len(self._names) >= _CACHE_LIMIT:
+                self._names.clear()
+            found = self._names[key] = span_name(method, route or None)
+        return found
 
     def _address(self, upstream: Upstream) -> str:
         key = (upstream.address, upstream.port)

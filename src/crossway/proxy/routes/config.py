@@ -13,6 +13,7 @@
       orders: {bulkhead: {max_concurrent: 100}}
       default: {breaker: {failures: 5}}
     redis_url: redis://127.0.0.1:6379/0   # optional; for global rate limits
+    access_log: sample:0.1         # optional; off | full | sample:R (--access-log wins)
 
 Theory of operation
 -------------------
@@ -56,7 +57,7 @@ from crossway.proxy.routes.table import RouteTable
 from crossway.registry.model import check_name
 from crossway.traffic.policy import CallPolicy
 
-_TOP_LEVEL = frozenset({"version", "routes", "policies", "redis_url"})
+_TOP_LEVEL = frozenset({"version", "routes", "policies", "redis_url", "access_log"})
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _AT_SUFFIX = re.compile(r" - at `\$[^`]*`$")
 
@@ -80,6 +81,7 @@ class GatewayConfig:
     _: KW_ONLY
     policies: Mapping[str, CallPolicy] = field(default_factory=dict)
     redis_url: str | None = None
+    access_log: str | None = None
     previous: InitVar[GatewayConfig | None] = None
 
     def __post_init__(self, previous: GatewayConfig | None) -> None:
@@ -123,6 +125,9 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
     redis_url = data.get("redis_url")
     if redis_url is not None and not (isinstance(redis_url, str) and redis_url.strip()):
         raise _error(source, root, "$.redis_url", "must be a URL such as redis://host:6379/0")
+    access_log = data.get("access_log")
+    if access_log is not None and not _is_access_log(access_log):
+        raise _error(source, root, "$.access_log", "must be off, full or sample:R (0 < R <= 1)")
     version = data.get("version")
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return GatewayConfig(
@@ -130,7 +135,20 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
         str(version) if version is not None else digest,
         policies=policies,
         redis_url=redis_url,
+        access_log=access_log,
     )
+
+
+def _is_access_log(value: object) -> bool:
+    from crossway.proxy.telemetry import parse_access_log  # the one parser of the mode
+
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_access_log(value)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def _parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ import msgspec
 
 from crossway.telemetry.metrics import OVERFLOW, LabelBudget, is_error, status_class
 from crossway.telemetry.outage import OutageLog
-from crossway.telemetry.signals.histogram import BUCKET_COUNT, bucket_index
+from crossway.telemetry.signals.histogram import BOUNDS, BUCKET_COUNT
 from crossway.telemetry.signals.push import Push, PushSeries, Side, Source
 
 log = logging.getLogger("crossway.telemetry")
@@ -90,12 +91,13 @@ class Recorder:
         if caller is None and self.side == "client":
             caller = self.service
         key = (service or self.service, self._routes.admit(route), method, caller or "", klass)
-        seconds = max(0.0, duration)
+        seconds = duration if duration > 0.0 else 0.0
+        index = bisect_left(BOUNDS, seconds)  # bucket_index, inlined: once per request
         with self._lock:
             cell = self._cells.get(key)
             if cell is None:
                 cell = self._new_cell(key)
-            cell.counts[bucket_index(seconds)] += 1
+            cell.counts[index] += 1
             cell.sum += seconds
             cell.errors += is_error(klass)
 

@@ -38,14 +38,19 @@ from collections import deque
 from dataclasses import dataclass
 
 import httpx2
+import msgspec
 
 from crossway.telemetry.outage import OutageLog
 from crossway.telemetry.traces.model import Span
-from crossway.telemetry.traces.zipkin import encode_spans
+from crossway.telemetry.traces.spans import HttpServerSpan
 
 log = logging.getLogger("crossway.traces")
 
 SPANS_PATH = "/api/v2/spans"
+
+Reportable = Span | HttpServerSpan
+"""What `record` takes: anything that encodes as a Zipkin v2 span."""
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(slots=True)
@@ -89,7 +94,7 @@ class SpanReporter:
             self._headers["Authorization"] = f"Bearer {token}"
         self._client = client
         self._owns_client = client is None
-        self._spans: deque[Span] = deque()
+        self._spans: deque[Reportable] = deque()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -98,7 +103,7 @@ class SpanReporter:
 
     # -- the request path ------------------------------------------------------------
 
-    def record(self, span: Span) -> None:
+    def record(self, span: Reportable) -> None:
         """Queue `span`; drops (and counts) it when the buffer is full or closed."""
         stats = self.stats
         stats.recorded += 1
@@ -153,12 +158,12 @@ class SpanReporter:
                 return False
         return True
 
-    def _take(self) -> list[Span]:
+    def _take(self) -> list[Reportable]:
         spans = self._spans
         return [spans.popleft() for _ in range(min(self.batch_size, len(spans)))]
 
-    async def _send(self, batch: list[Span]) -> bool:
-        body = encode_spans(batch)
+    async def _send(self, batch: list[Reportable]) -> bool:
+        body = _encode(batch)
         try:
             response = await self._http().post(self.endpoint, content=body, headers=self._headers)
         except httpx2.HTTPError as exc:
@@ -173,7 +178,7 @@ class SpanReporter:
         self.outage.succeeded()
         return True
 
-    def _failed(self, batch: list[Span], why: str) -> bool:
+    def _failed(self, batch: list[Reportable], why: str) -> bool:
         self.stats.failed += len(batch)
         self.outage.failed(why)
         return False

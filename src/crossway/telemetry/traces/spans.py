@@ -22,6 +22,11 @@ Theory of operation
   is built for them. The default rate is 1: the control plane samples at the
   tail, where it knows which traces were slow or failed.
 
+- `HttpServerSpan` is the same SERVER span as a leaner value for a sender
+  that makes one per request at high rates (the gateway): built positionally,
+  its tags a Struct instead of a dict, it costs a third of a `Span` and
+  encodes to the same Zipkin v2 JSON (absent tags are left out).
+
 Pure: builders take the times they record; nothing here reads a clock except
 `micros_now`, or does I/O.
 """
@@ -31,7 +36,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from crossway.telemetry.tracecontext import TraceContext
 from crossway.telemetry.traces.model import Endpoint, Span
@@ -45,6 +52,49 @@ URL = "url.full"
 PEER_SERVICE = "peer.service"
 RESEND_COUNT = "http.request.resend_count"
 ERROR = "error"
+
+
+class HttpServerTags(
+    msgspec.Struct,
+    omit_defaults=True,
+    gc=False,
+    rename={
+        "method": METHOD,
+        "path": PATH,
+        "route": ROUTE,
+        "status": STATUS,
+        "server_address": SERVER_ADDRESS,
+        "client_address": "client.address",
+        "peer_service": PEER_SERVICE,
+        "upstream": "crossway.upstream",
+        "error": ERROR,
+    },
+):
+    """The tags of an `HttpServerSpan`, under their OpenTelemetry names."""
+
+    method: str
+    path: str
+    route: str | None = None
+    status: str | None = None
+    server_address: str | None = None
+    client_address: str | None = None
+    peer_service: str | None = None
+    upstream: str | None = None
+    error: str | None = None
+
+
+class HttpServerSpan(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
+    """A SERVER span that encodes as a Zipkin v2 `Span` (see the module header)."""
+
+    trace_id: str
+    id: str
+    parent_id: str | None
+    name: str
+    kind: Literal["SERVER"]
+    timestamp: int
+    duration: int
+    local_endpoint: Endpoint
+    tags: HttpServerTags
 
 
 def micros_now() -> int:
