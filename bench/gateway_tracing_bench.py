@@ -10,10 +10,11 @@ forwards `/bench` to them, pinned to CPU 0, in one of two modes:
 
 - off: no telemetry (the gateway's own admin statistics only);
 - on:  `build_telemetry` as `crossway gateway --control-plane URL` builds
-  it: a SERVER span for every request (sample rate 1, so every request is
-  traced), trace context injected upstream, client-side golden signals
-  pushed every second, spans sent in batches to a real control plane
-  (`crossway server`, memory store) on CPU 1.
+  it: a SERVER span for every sampled request (`--trace-sample-rate`,
+  default 1: every request traced, the gateway's default), trace context
+  injected upstream, client-side golden signals pushed every second,
+  spans sent in batches to a real control plane (`crossway server`,
+  memory store) on CPU 1.
 
 Load: wrk `-t1 -c64` on CPU 1 (beside the upstream), a 1 s warm-up
 (neither its requests nor its CPU counted: lazy imports, first connections),
@@ -76,7 +77,8 @@ from crossway.proxy.server import ProxyServer
 from crossway.proxy.telemetry import TelemetrySettings, build_telemetry, instance_name
 from crossway.proxy.upstream import UpstreamPool
 
-port, control_plane, upstreams = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+port, control_plane, rate = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+upstreams = sys.argv[4:]
 ROUTE = {"match": {"path_prefix": "/bench"}, "backends": [{"service": "bench-upstream"}],
          "balancer": "peak_ewma", "timeout": "5s"}
 
@@ -86,7 +88,7 @@ async def serve():
     clusters.update("bench-upstream", [Endpoint(f"u{i}", "127.0.0.1", int(u))
                                        for i, u in enumerate(upstreams)])
     settings = TelemetrySettings(control_plane=control_plane or None, stats_interval=1.0,
-                                 instance=instance_name())
+                                 trace_sample_rate=rate, instance=instance_name())
     telemetry = build_telemetry(settings, clock=clock)
     config = GatewayConfig({"bench": route_from_object(ROUTE)}, version="bench")
     gateway = Gateway(config, clusters=clusters, pool=UpstreamPool(clock=clock),
@@ -136,9 +138,10 @@ def spans_received(cp: CrosswayServer) -> float:
 
 
 @contextlib.contextmanager
-def gateway(port: int, control_plane: str, upstreams: list[int]) -> Iterator[int]:
+def gateway(port: int, control_plane: str, upstreams: list[int], rate: float) -> Iterator[int]:
     """Run the gateway pinned to the proxy CPU; yields its pid."""
     argv = ["taskset", "-c", PROXY_CPU, sys.executable, "-c", GATEWAY, str(port), control_plane]
+    argv.append(str(rate))
     argv += [str(p) for p in upstreams]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
     process = subprocess.Popen(
@@ -194,7 +197,7 @@ async def _httpx_load(url: str, seconds: float) -> tuple[float, int]:
         return done / (time.monotonic() - started), done
 
 
-def measure(duration: float, rounds: int) -> None:
+def measure(duration: float, rounds: int, rate: float) -> None:
     with tempfile.TemporaryDirectory(prefix="crossway-tracing-bench-") as tmp_name:
         tmp = Path(tmp_name) / "upstream"
         tmp.mkdir()
@@ -208,14 +211,14 @@ def measure(duration: float, rounds: int) -> None:
             with child([binary("nginx") or "nginx", "-p", str(tmp), "-c", str(conf)], LOAD_CPU):
                 for port in upstreams:
                     wait_200(port)
-                runs, cp_cpu, spans = _rounds(cp, upstreams, duration, rounds)
+                runs, cp_cpu, spans = _rounds(cp, upstreams, duration, rounds, rate)
         finally:
             cp.stop()
-    report(runs, cp_cpu, spans)
+    report(runs, cp_cpu, spans, rate)
 
 
 def _rounds(
-    cp: CrosswayServer, upstreams: list[int], duration: float, rounds: int
+    cp: CrosswayServer, upstreams: list[int], duration: float, rounds: int, rate: float
 ) -> tuple[list[Run], float, float]:
     runs: list[Run] = []
     cp_cpu = 0.0
@@ -224,7 +227,7 @@ def _rounds(
         for mode, control_plane in (("off", ""), ("on", cp.url)):
             port = free_port()
             before_cpu, before_spans = cpu_seconds(cp.process.pid), spans_received(cp)
-            with gateway(port, control_plane, upstreams) as pid:
+            with gateway(port, control_plane, upstreams, rate) as pid:
                 warm_up(port)
                 cpu_before = cpu_seconds(pid)
                 rps, total = load(port, duration)
@@ -237,7 +240,7 @@ def _rounds(
     return runs, cp_cpu, spans
 
 
-def report(runs: list[Run], cp_cpu: float, spans: float) -> None:
+def report(runs: list[Run], cp_cpu: float, spans: float, rate: float) -> None:
     def mean(mode: str, field: str) -> float:
         picked = [getattr(r, field) for r in runs if r.mode == mode]
         return float(sum(picked) / len(picked))
@@ -246,7 +249,10 @@ def report(runs: list[Run], cp_cpu: float, spans: float) -> None:
     loss = 1.0 - on / off
     cpu_off, cpu_on = mean("off", "cpu_us"), mean("on", "cpu_us")
     tool = "wrk" if shutil.which("wrk") else "httpx2 loop"
-    print(f"gateway rps, {tool}, {CONNECTIONS} connections, 1 worker on CPU {PROXY_CPU}")
+    print(
+        f"gateway rps, {tool}, {CONNECTIONS} connections, 1 worker on CPU {PROXY_CPU}, "
+        f"trace sample rate {rate:g}"
+    )
     for run in runs:
         print(
             f"  {run.mode:>3}: {run.rps:>9,.0f} rps  ({run.requests:,} requests, "
@@ -274,11 +280,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
+    parser.add_argument(
+        "--trace-sample-rate", type=float, default=1.0, help="head sampling in the 'on' mode"
+    )
     args = parser.parse_args(argv if argv is not None else [])
     if binary("nginx") is None:
         print("skipped: nginx (the upstream) is not installed (scripts/ensure-nginx)")
         return
-    measure(args.duration, max(1, args.rounds))
+    measure(args.duration, max(1, args.rounds), args.trace_sample_rate)
 
 
 if __name__ == "__main__":
