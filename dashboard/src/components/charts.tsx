@@ -49,18 +49,38 @@ export function Sparkline({ values, testid, level = "passing" }: SparklineProps)
   return <div class="sparkline" data-testid={testid} ref={host} />;
 }
 
+interface ChartSeries {
+  label: string;
+  values: (number | null)[];
+  color: string;
+  dash?: number[];
+}
+
 interface TimeChartProps {
   testid: string;
   title: string;
   times: number[];
-  series: { label: string; values: (number | null)[]; color: string }[];
+  series: ChartSeries[];
+  /** Formats a value in the hover legend. */
   unit?: (v: number) => string;
+  /** Formats the y axis' ticks (defaults to `unit`). */
+  tick?: (v: number) => string;
+  /** Names the y axis (its unit). */
+  yLabel?: string;
   yMax?: number;
   yMin?: number;
+  /** The window shown, in seconds before now: the x axis spans it even while
+   * only the last few points have data. */
+  windowSeconds?: number;
 }
 
-/** A full-width time chart with axes and a legend. */
-export function TimeChart({ testid, title, times, series, unit, yMax, yMin }: TimeChartProps) {
+// Below this many points a line alone is a dash at the edge of the chart:
+// points are drawn too.
+const FEW_POINTS = 12;
+
+/** A full-width time chart with axes; the legend names the series and shows
+ * their values under the cursor. */
+export function TimeChart({ testid, title, times, series, unit, tick, yLabel, yMax, yMin, windowSeconds }: TimeChartProps) {
   const host = useRef<HTMLDivElement>(null);
   useEffect(() => {
     const el = host.current;
@@ -68,10 +88,16 @@ export function TimeChart({ testid, title, times, series, unit, yMax, yMin }: Ti
     const make = () => {
       const grid = cssVar("--border");
       const text = cssVar("--muted");
+      const fmtTick = tick ?? unit ?? String;
+      const now = Date.now() / 1000;
+      const last = times.length ? times[times.length - 1] : now;
+      const xMax = Math.max(now, last);
+      const xMin = windowSeconds ? Math.min(xMax - windowSeconds, times[0] ?? xMax) : undefined;
       const opts: uPlot.Options = {
         width: Math.max(el.clientWidth, 200),
         height: 180,
         scales: {
+          x: xMin === undefined ? { time: true } : { time: true, range: () => [xMin, xMax] },
           y: {
             range: (_u, min, max) => [yMin ?? Math.min(0, min ?? 0), yMax ?? Math.max((max ?? 1) * 1.1, 1e-9)],
           },
@@ -82,20 +108,27 @@ export function TimeChart({ testid, title, times, series, unit, yMax, yMin }: Ti
             stroke: text,
             grid: { stroke: grid, width: 1 },
             ticks: { stroke: grid },
-            size: 60,
-            values: (_u, ticks) => ticks.map((v) => (unit ? unit(v) : String(v))),
+            size: 56,
+            ...(yLabel ? { label: yLabel, labelSize: 18, labelFont: "12px system-ui, sans-serif" } : {}),
+            values: (_u, ticks) => ticks.map((v) => fmtTick(v)),
           },
         ],
         series: [
           {},
-          ...series.map((s) => ({
-            label: s.label,
-            stroke: cssVar(s.color),
-            width: 2,
-            spanGaps: false,
-            points: { show: false },
-            value: (_u: uPlot, v: number | null) => (v === null ? "—" : unit ? unit(v) : String(v)),
-          })),
+          ...series.map((s) => {
+            const present = s.values.filter((v) => v !== null).length;
+            return {
+              label: s.label,
+              stroke: cssVar(s.color),
+              width: 2,
+              ...(s.dash ? { dash: s.dash } : {}),
+              spanGaps: false,
+              points: { show: present <= FEW_POINTS, size: 6, width: 1.5, fill: cssVar(s.color) },
+              // Empty until the cursor is over the chart: no row of "--".
+              value: (_u: uPlot, v: number | null, _si: number, idx: number | null) =>
+                idx === null ? "" : v === null ? "—" : unit ? unit(v) : String(v),
+            };
+          }),
         ],
       };
       return new uPlot(opts, [times, ...series.map((s) => s.values)] as uPlot.AlignedData, el);
@@ -112,7 +145,7 @@ export function TimeChart({ testid, title, times, series, unit, yMax, yMin }: Ti
       resize.disconnect();
       plot.destroy();
     };
-  }, [times.join(","), JSON.stringify(series.map((s) => s.values))]);
+  }, [times.join(","), JSON.stringify(series.map((s) => s.values)), windowSeconds]);
   return (
     <div class="chart">
       <h3>{title}</h3>

@@ -7,7 +7,7 @@ import { pageState, useLive, usePolled } from "../lib/hooks";
 import { STATS_REFRESH_MS, edges } from "../lib/stats";
 import type { Instance, RouteEntry, StatListing, StatRow } from "../lib/types";
 
-const WINDOWS = ["5m", "15m", "1h", "24h"];
+const WINDOWS: Record<string, number> = { "5m": 300, "15m": 900, "1h": 3600, "24h": 86400 };
 
 export function Service({ name }: { name: string }) {
   const [window, setWindow] = useState("15m");
@@ -51,7 +51,7 @@ export function Service({ name }: { name: string }) {
         title="Golden signals"
         actions={
           <select value={window} onChange={(e) => setWindow(e.currentTarget.value)} aria-label="Window">
-            {WINDOWS.map((w) => (
+            {Object.keys(WINDOWS).map((w) => (
               <option key={w} value={w}>
                 last {w}
               </option>
@@ -59,7 +59,7 @@ export function Service({ name }: { name: string }) {
           </select>
         }
       >
-        <Signals total={total} />
+        <Signals total={total} windowSeconds={WINDOWS[window] ?? 900} />
       </Card>
       <div class="grid-2">
         <Card title="Callers">
@@ -161,7 +161,7 @@ function InstanceTable({ instances }: { instances: Instance[] }) {
   );
 }
 
-function Signals({ total }: { total: StatRow | undefined }) {
+function Signals({ total, windowSeconds }: { total: StatRow | undefined; windowSeconds: number }) {
   const series = total?.series ?? [];
   const times = series.map((p) => p.t);
   return (
@@ -186,6 +186,8 @@ function Signals({ total }: { total: StatRow | undefined }) {
           times={times}
           series={[{ label: "rps", values: series.map((p) => p.rps), color: "--accent" }]}
           unit={(v) => fmtRps(v)}
+          yLabel="req/s"
+          windowSeconds={windowSeconds}
         />
         <TimeChart
           testid="chart-success"
@@ -195,17 +197,22 @@ function Signals({ total }: { total: StatRow | undefined }) {
           unit={(v) => v.toFixed(1) + "%"}
           yMax={100}
           yMin={Math.min(90, ...series.map((p) => (p.success_rate === null ? 100 : p.success_rate * 100 - 1)))}
+          tick={(v) => v.toFixed(0) + "%"}
+          windowSeconds={windowSeconds}
         />
         <TimeChart
           testid="chart-latency"
           title="Latency"
           times={times}
           series={[
-            { label: "p50", values: series.map((p) => p.p50_ms), color: "--passing" },
-            { label: "p95", values: series.map((p) => p.p95_ms), color: "--warning" },
-            { label: "p99", values: series.map((p) => p.p99_ms), color: "--critical" },
+            { label: "p50", values: series.map((p) => p.p50_ms), color: "--accent" },
+            { label: "p95", values: series.map((p) => p.p95_ms), color: "--warning", dash: [8, 4] },
+            { label: "p99", values: series.map((p) => p.p99_ms), color: "--critical", dash: [2, 3] },
           ]}
           unit={(v) => fmtMs(v)}
+          tick={(v) => (v >= 10 ? v.toFixed(0) : v.toFixed(1))}
+          yLabel="ms"
+          windowSeconds={windowSeconds}
         />
       </div>
     </div>
