@@ -28,6 +28,7 @@ from crossway.proxy.clusters import Clusters
 from crossway.proxy.gateway import Gateway
 from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import route_from_object
+from crossway.proxy.run import tune_collector
 from crossway.proxy.server import ProxyServer
 from crossway.proxy.upstream import UpstreamPool
 
@@ -75,6 +76,7 @@ def run(port: int, admin_port: int, upstreams: list[str], worker: int) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await serve(port, admin_port, upstreams, worker=worker)
 
+    tune_collector()  # as crossway gateway does
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(until_signalled())
 
