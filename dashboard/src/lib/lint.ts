@@ -16,9 +16,13 @@ export function lint(format: string, text: string): string | null {
     for (const doc of parseAllDocuments(text)) {
       const error = doc.errors[0];
       if (error) {
+        // The library writes the position into its message ("… at line 2,
+        // column 10:" and a code frame); it is shown once, as the server
+        // writes it: "(line 2, column 10)", both 1-based.
         const pos = error.linePos?.[0];
+        const what = error.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "").replace(/:$/, "");
         const where = pos ? ` (line ${pos.line}, column ${pos.col})` : "";
-        return `YAML: ${error.message.split("\n")[0]}${where}`;
+        return `YAML: ${what}${where}`;
       }
     }
   }

@@ -6,7 +6,7 @@ import { ApiError, call, failure, getJson, request, seg } from "../lib/api";
 import { ago } from "../lib/format";
 import { pageState, useLive } from "../lib/hooks";
 import { lint } from "../lib/lint";
-import type { HistoryRow } from "../lib/types";
+import type { ConfigKeyRow, HistoryRow } from "../lib/types";
 
 const FORMATS = ["yaml", "json", "toml", "properties", "text"];
 
@@ -44,7 +44,11 @@ async function readContent(url: string, fallbackFormat: string): Promise<Current
   };
 }
 
-async function readBeta(base: string): Promise<Beta | null> {
+/** The key's beta, read only when the group's key listing says it has one
+ * (asking a key without a beta would be a 404 in the console). */
+async function readBeta(group: string, entry: string, base: string): Promise<Beta | null> {
+  const keys = await getJson<ConfigKeyRow[]>(group);
+  if (!keys.some((k) => k.key === entry && k.beta)) return null;
   const r = await request(`${base}/beta`);
   if (r.status === 404) return null;
   if (!r.ok) throw await failure(r);
@@ -60,12 +64,12 @@ export function ConfigKey({ ns, group, entry }: { ns: string; group: string; ent
   const watched = [`/config/${ns}/${group}/${entry}`];
   const current = useLive(() => readContent(base, formatOf(entry)), watched, [base]);
   const history = useLive(() => getJson<HistoryRow[]>(`${base}/history`).catch(() => [] as HistoryRow[]), watched, [base]);
-  const beta = useLive(() => readBeta(base), watched, [base]);
+  const beta = useLive(() => readBeta(`/v1/config/${seg(ns)}/${seg(group)}`, entry, base), watched, [base]);
 
   const [draft, setDraft] = useState<string | null>(null);
   const [format, setFormat] = useState<string | null>(null);
   const [message, setMessage] = useState("");
-  const [error, setError] = useState<string | null>(null);
+  const [error, setError] = useState<{ message: string; text: string } | null>(null);
   const [saved, setSaved] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   useEffect(() => {
@@ -101,7 +105,7 @@ export function ConfigKey({ ns, group, entry }: { ns: string; group: string; ent
       current.reload();
       history.reload();
     } catch (exc) {
-      setError(describe(exc));
+      setError({ message: describe(exc), text });
     } finally {
       setBusy(false);
     }
@@ -155,12 +159,14 @@ export function ConfigKey({ ns, group, entry }: { ns: string; group: string; ent
             language={fmt}
             onChange={(t) => (setDraft(t), setSaved(null))}
           />
-          {hint && (
+          {/* The browser's parse hint until the server has judged this very text:
+              then only the server's message (their positions can differ). */}
+          {hint && error?.text !== text && (
             <div class="banner banner-warning small" data-testid="config-lint">
               {hint} — the server checks again on save.
             </div>
           )}
-          <InlineError testid="config-error" error={error} />
+          <InlineError testid="config-error" error={error?.message} />
           {saved && (
             <div class="inline-ok" data-testid="config-saved">
               {saved}
@@ -213,7 +219,7 @@ function History({ base, rows, reload }: { base: string; rows: HistoryRow[]; rel
         </div>
       )}
       <div class="table-wrap">
-        <table class="table">
+        <table class="table cards-on-phone">
           <thead>
             <tr>
               <th class="num">Ver.</th>
@@ -226,13 +232,17 @@ function History({ base, rows, reload }: { base: string; rows: HistoryRow[]; rel
           <tbody>
             {rows.map((h) => (
               <tr key={h.version} data-testid={`history-row-${h.version}`}>
-                <td class="num">{h.version}</td>
-                <td title={new Date(h.time * 1000).toLocaleString()}>{ago(h.time)}</td>
-                <td>{h.author}</td>
-                <td>
+                <td data-label="Version" class="num">
+                  {h.version}
+                </td>
+                <td data-label="When" title={new Date(h.time * 1000).toLocaleString()}>
+                  {ago(h.time)}
+                </td>
+                <td data-label="Author">{h.author}</td>
+                <td data-label="Message" class="message">
                   {h.deleted ? <Status level="critical" label="deleted" /> : null} {h.message || <span class="muted">—</span>}
                 </td>
-                <td>
+                <td class="actions">
                   {h.version === latest ? (
                     <span class="muted small">current</span>
                   ) : confirming === h.version ? (

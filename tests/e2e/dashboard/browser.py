@@ -65,11 +65,9 @@ class Allowed:
 
 
 EXPECTED_ANSWERS = (
-    # The API's documented "not here" answers, which the dashboard asks on
-    # purpose: the processes page exists only under `crossway up`, and a
-    # config key without a gray release has no beta.
+    # The API's documented "not here" answer, which the dashboard asks on
+    # purpose: the processes page exists only under `crossway up`.
     Allowed(404, "/v1/processes"),
-    Allowed(404, "/beta"),
 )
 
 
