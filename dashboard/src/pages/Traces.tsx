@@ -109,9 +109,11 @@ function TraceTable({ rows }: { rows: TraceSummary[] }) {
                 <a class="strong" href={`/traces/${seg(t.id)}`}>
                   {t.root.localEndpoint?.serviceName ?? "?"}: {t.root.name ?? "(unnamed)"}
                 </a>
-                <div class="muted small mono">{t.id}</div>
+                <div class="muted small mono ellipsis" title={t.id}>
+                  {t.id}
+                </div>
               </td>
-              <td data-label="Services">
+              <td data-label="Services" class="chips">
                 {t.services.map((s) => (
                   <span key={s} class="tag">
                     {s}
