@@ -33,11 +33,9 @@ export function Alerts() {
         ) : (
           <div class="stack">
             {[...byRule.entries()].map(([name, alerts]) => (
-              <div key={name} class="card" data-testid={`alert-${alerts.some((a) => a.state === "firing") ? "firing" : "pending"}-${name}`}>
-                <div class="row">
-                  <strong>{name}</strong>
-                  <span class="muted mono small">{alerts[0].expr}</span>
-                </div>
+              <div key={name} class="card stack-tight" data-testid={`alert-${alerts.some((a) => a.state === "firing") ? "firing" : "pending"}-${name}`}>
+                <strong>{name}</strong>
+                <code class="expr">{alerts[0].expr}</code>
                 {alerts.map((a) => (
                   <div key={a.fingerprint} class="row">
                     <Status level={a.state} />
@@ -80,8 +78,8 @@ export function Alerts() {
                       <td data-label="Rule" class="strong">
                         {r.name}
                       </td>
-                      <td data-label="Expression" class="mono small">
-                        {r.expr}
+                      <td data-label="Expression">
+                        <code class="expr">{r.expr}</code>
                       </td>
                       <td data-label="For">{r.for}</td>
                       <td data-label="Severity">{r.severity || "—"}</td>
