@@ -4,11 +4,48 @@ import { getJson, seg } from "../lib/api";
 import { pageState, useLive } from "../lib/hooks";
 import type { RouteEntry } from "../lib/types";
 
-export function summariseMatch(route: Record<string, unknown>): string {
+/** One header or query-parameter condition, as read: "x-canary = 1",
+ * "x-user starts a", "debug present", "not x-beta present". */
+function condition(value: unknown): string {
+  if (typeof value !== "object" || value === null) return String(value);
+  const c = value as Record<string, unknown>;
+  const test =
+    c.exact !== undefined ? `= ${String(c.exact)}` : c.prefix !== undefined ? `starts ${String(c.prefix)}` : c.regex !== undefined ? `~ ${String(c.regex)}` : "present";
+  const text = c.name === undefined ? Object.entries(c).map(([k, v]) => `${k}=${String(v)}`).join(" ") : `${String(c.name)} ${test}`;
+  return c.invert ? `not ${text}` : text;
+}
+
+/** A route's match as fields and their values: list-valued fields (methods,
+ * headers, query) as one value per item rather than raw JSON. */
+export function matchFields(route: Record<string, unknown>): { field: string; values: string[] }[] {
   const match = (route.match ?? {}) as Record<string, unknown>;
-  const parts: string[] = [];
-  for (const [k, v] of Object.entries(match)) parts.push(`${k}=${typeof v === "string" ? v : JSON.stringify(v)}`);
-  return parts.join(" ") || "everything";
+  return Object.entries(match).map(([field, v]) => ({
+    field,
+    values: Array.isArray(v) ? v.map(condition) : [typeof v === "object" && v !== null ? condition(v) : String(v)],
+  }));
+}
+
+export function summariseMatch(route: Record<string, unknown>): string {
+  return matchFields(route).map((f) => `${f.field} ${f.values.join(", ")}`).join(" · ") || "every request";
+}
+
+export function MatchChips({ route }: { route: Record<string, unknown> }) {
+  const fields = matchFields(route);
+  if (fields.length === 0) return <span class="muted">every request</span>;
+  return (
+    <span class="match">
+      {fields.map((f) => (
+        <span key={f.field} class="match-field">
+          <span class="muted small">{f.field.replace(/_/g, " ")}</span>
+          {f.values.map((v, i) => (
+            <span key={i} class="tag">
+              {v}
+            </span>
+          ))}
+        </span>
+      ))}
+    </span>
+  );
 }
 
 export function SplitBar({ weights }: { weights: number[] }) {
@@ -60,8 +97,8 @@ export function Routes() {
                           {r.name}
                         </a>
                       </td>
-                      <td data-label="Match" class="mono">
-                        {summariseMatch(r.route)}
+                      <td data-label="Match">
+                        <MatchChips route={r.route} />
                       </td>
                       <td data-label="Backends">
                         {backends.length ? (
