@@ -296,7 +296,7 @@ def tune_collector() -> None:
     holds 10,000 objects instead of 700 before a collection: a request
     allocates a few dozen short-lived objects, nearly all freed by reference
     counting, so the default threshold ran a collection every ~20 requests
-    for nothing (-6.6% instructions per request in bench/gateway_inproc.py).
+    for nothing (-5.9% instructions per request in bench/gateway_inproc.py).
     """
     gc.collect()
     gc.freeze()
