@@ -114,18 +114,27 @@ class Cluster:
             self._balancers[policy] = balancer
         return balancer
 
-    def pick(self, policy: str, key: bytes | str | None = None) -> Endpoint | None:
-        self._sync_ejected()  # an ejection may have expired
-        return self.balancer(policy).pick(key)
+    def pick(
+        self, policy: str, key: bytes | str | None = None, now: float | None = None
+    ) -> Endpoint | None:
+        """`now` (the clock's time, read by the caller) saves a clock read."""
+        self._sync_ejected(now)  # an ejection may have expired
+        balancer = self._balancers.get(policy)
+        if balancer is None:
+            balancer = self.balancer(policy)
+        return balancer.pick(key)
 
-    def record(self, endpoint_id: str, outcome: Outcome) -> None:
-        """One attempt's outcome, for outlier detection."""
-        if self.outlier is not None:
-            self.outlier.record(endpoint_id, outcome)
-            self._sync_ejected()
+    def record(self, endpoint_id: str, outcome: Outcome, now: float | None = None) -> None:
+        """One attempt's outcome, for outlier detection; `now` as in `pick`."""
+        outlier = self.outlier
+        if outlier is not None:
+            if now is None:
+                now = self._clock.now()
+            outlier.record(endpoint_id, outcome, now)
+            self._sync_ejected(now)
 
-    def _sync_ejected(self) -> None:
-        ejected = self.outlier.ejected() if self.outlier is not None else _NONE
+    def _sync_ejected(self, now: float | None = None) -> None:
+        ejected = self.outlier.ejected(now) if self.outlier is not None else _NONE
         if ejected is self._ejected:
             return  # the detector hands out the same object while unchanged
         self._ejected = ejected
@@ -191,11 +200,13 @@ class Clusters:
     def update(self, service: str, endpoints: Iterable[Endpoint]) -> None:
         self.cluster(service).update(endpoints)
 
-    def pick(self, service: str, policy: str, key: bytes | str | None = None) -> Endpoint | None:
+    def pick(
+        self, service: str, policy: str, key: bytes | str | None = None, now: float | None = None
+    ) -> Endpoint | None:
         cluster = self._clusters.get(service)
         if cluster is None:
             return None
-        return cluster.pick(policy, key)
+        return cluster.pick(policy, key, now)
 
     def all(self) -> list[Cluster]:
         return [self._clusters[name] for name in sorted(self._clusters)]

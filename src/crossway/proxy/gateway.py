@@ -142,7 +142,7 @@ class Gateway:
 
     async def __call__(self, stream: Stream) -> None:
         started = self._clock.now()
-        outcome = _Outcome()
+        outcome = _Outcome(started)
         telemetry = self.telemetry
         token = telemetry.begin(stream) if telemetry is not None else None
         try:
@@ -155,7 +155,9 @@ class Gateway:
             if not stream.response_started:
                 stream.send_local(render_rejected(error.rejected), close=True)
         finally:
-            ended = self._clock.now()
+            # The last attempt's end, read once for the balancer, the outlier
+            # detector and the statistics, when the answer was relayed.
+            ended = outcome.ended or self._clock.now()
             if self.stats is not None:
                 self.stats.observe(outcome.route, outcome.status, ended - started)
             if telemetry is not None and token is not None:
@@ -201,7 +203,9 @@ class Gateway:
             target = (decision.path + ("?" + query if query else "")).encode("latin-1")
         if decision.mirror is not None and not head.has_body:
             self._mirror(stream, decision.mirror, match.route.route, target)
-        outcome.status = await self._forward(stream, match, plan, decision.backend.service, target)
+        outcome.status = await self._forward(
+            stream, match, plan, decision.backend.service, target, outcome
+        )
 
     async def _admit(self, limit: RouteLimit, stream: Stream) -> None:
         try:
@@ -212,19 +216,25 @@ class Gateway:
             raise
 
     async def _forward(
-        self, stream: Stream, match: Match, plan: _RoutePlan, service: str, target: bytes
+        self,
+        stream: Stream,
+        match: Match,
+        plan: _RoutePlan,
+        service: str,
+        target: bytes,
+        outcome: _Outcome,
     ) -> int:
         """Forward under the service's circuit breaking (overload.py), if any,
         within the route's overall deadline."""
         _check_body_limit(stream, match.route.route)
         guard = self.guards.get(service)
         if guard is None:  # the deadline starts with the first attempt
-            return await self._attempts(stream, match, plan, service, target, None)
+            return await self._attempts(stream, match, plan, service, target, None, outcome)
         deadline = self._clock.now() + plan.timeout  # the wait for a slot counts
         started = await guard.enter(plan.timeout)
         failed: bool | None = None
         try:
-            status = await self._attempts(stream, match, plan, service, target, deadline)
+            status = await self._attempts(stream, match, plan, service, target, deadline, outcome)
             failed = status in guard.fail_on
             return status
         except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout, UpstreamProtocolError):
@@ -241,6 +251,7 @@ class Gateway:
         service: str,
         target: bytes,
         deadline: float | None,
+        outcome: _Outcome,
     ) -> int:
         """The route's attempts; `deadline` (clock time) None: `plan.timeout`
         from now (read from the clock only when there may be a second attempt)."""
@@ -259,7 +270,8 @@ class Gateway:
                 deadline = self._clock.now() + plan.timeout
         tried: set[str] = set()
         for attempt in range(attempts):
-            endpoint = self._pick(service, route, tried)
+            # The first pick reuses the request's start time for ejection expiry.
+            endpoint = self._pick(service, route, tried, None if tried else outcome.started)
             if self.telemetry is not None:  # trace context and caller, upstream noted
                 extra, drop = self.telemetry.upstream(edits.extra, edits.drop, service, endpoint)
                 edits = edits._replace(extra=extra, drop=drop)
@@ -273,7 +285,7 @@ class Gateway:
             timeout, overall = _attempt_timeout(plan, remaining)
             try:
                 status = await self._attempt(
-                    stream, service, endpoint, route, target, edits, statuses, timeout
+                    stream, service, endpoint, route, target, edits, statuses, timeout, outcome
                 )
             except RetriableStatus:
                 tried.add(endpoint.id)
@@ -322,7 +334,9 @@ class Gateway:
         edits: _Edits,
         retry_statuses: frozenset[int],
         timeout: float,
+        outcome: _Outcome,
     ) -> int:
+        outcome.ended = 0.0  # set again only if this attempt answers
         cluster = self.clusters.cluster(service)
         if cluster.max_connections is not None:  # endpoints discovered since the swap
             address = (endpoint.address, endpoint.port)
@@ -350,9 +364,9 @@ class Gateway:
                 cluster.record(endpoint.id, Outcome.from_status(retriable.status))
                 call.end(ok=retriable.status < 500)
                 raise
-            cluster.record(endpoint.id, Outcome.from_status(status))
-            if status >= 500:
-                call.end(ok=False)
+            ended = outcome.ended = self._clock.now()
+            cluster.record(endpoint.id, Outcome.from_status(status), ended)
+            call.end(ok=status < 500, now=ended)
             return status
 
     def _mirror(self, stream: Stream, service: str, route: Route, target: bytes) -> None:
@@ -392,9 +406,9 @@ class Gateway:
         self._plans[match.route] = plan
         return plan
 
-    def _pick(self, service: str, route: Route, tried: set[str]) -> Endpoint:
+    def _pick(self, service: str, route: Route, tried: set[str], now: float | None) -> Endpoint:
         for _ in range(3):
-            endpoint = self.clusters.pick(service, route.balancer)
+            endpoint = self.clusters.pick(service, route.balancer, None, now)
             if endpoint is None:
                 break
             if endpoint.id not in tried:
@@ -623,11 +637,13 @@ def _forget(tasks: set[asyncio.Task[int]]) -> Callable[[asyncio.Task[int]], None
 class _Outcome:
     """What one request came to, for the statistics."""
 
-    __slots__ = ("route", "status")
+    __slots__ = ("ended", "route", "started", "status")
 
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
         self.route = ""
         self.status = 0
+        self.started = started
+        self.ended = 0.0  # the clock when the last attempt's answer was relayed
 
 
 class PayloadTooLarge(GatewayError):
