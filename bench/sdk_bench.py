@@ -6,7 +6,10 @@ sequential GETs to it: the plain client to `http://127.0.0.1:<port>/items/1`,
 the Crossway client to `http://bench/items/1`, which resolves through
 discovery (a static in-memory cache holding that one instance) and runs the
 full stack: balancer, retries with a budget, circuit breaker, outlier
-detection and a traceparent header. The two rows take turns in blocks of
+detection, a traceparent header and, as a `Client` with a service name has
+by default, telemetry: a client-side golden-signal count and a sampled
+CLIENT span per call, pushed and sent to the same server in the background
+(their CPU counts too). One more pair runs with telemetry off. The two rows take turns in blocks of
 BLOCK calls, ROUNDS times, so drift on the shared machine hits them alike.
 
 Latency: p50/p99 over every call of a row (perf_counter_ns around the
@@ -28,7 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +40,8 @@ import httpx2
 
 from crossway.registry.model import Instance
 from crossway.sdk.policies import BreakerSpec, CallPolicy, OutlierSpec, RetrySpec, encode_policy
+from crossway.sdk.settings import ClientSettings
+from crossway.sdk.telemetry import ServiceTelemetry
 from crossway.sdk.transport import CrosswaySyncTransport, CrosswayTransport
 
 ROUNDS = 40
@@ -58,7 +64,12 @@ class Answer(asyncio.Protocol):
     def data_received(self, data):
         self.buffer += data
         while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            self.buffer = self.buffer[end + 4:]
+            head = self.buffer[:end].lower()
+            at = head.find(b"content-length:")
+            size = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.buffer) < end + 4 + size:
+                break  # the rest of a body (spans, signals) is still coming
+            self.buffer = self.buffer[end + 4 + size:]
             self.transport.write(ANSWER)
 
 async def main():
@@ -169,31 +180,52 @@ def _urls(port: int) -> tuple[str, str]:
     return f"http://127.0.0.1:{port}/items/1", f"http://{SERVICE}/items/1"
 
 
-async def httpx2_pair(port: int) -> list[Row]:
+@asynccontextmanager
+async def telemetry(port: int) -> AsyncIterator[ServiceTelemetry]:
+    """A calling service's telemetry, as a `Client` makes it (every trace
+    sampled), reporting to the bench server."""
+    settings = ClientSettings(url=f"http://127.0.0.1:{port}", service="caller")
+    async with httpx2.AsyncClient(base_url=settings.url) as http:
+        signals = ServiceTelemetry(settings, http=http)
+        await signals.start("caller-1")
+        try:
+            yield signals
+        finally:
+            await signals.stop()
+
+
+async def httpx2_pair(port: int, signals: ServiceTelemetry | None) -> list[Row]:
     direct, named = _urls(port)
-    transport = CrosswayTransport(StaticDiscovery(port), policies={SERVICE: POLICY})
+    transport = CrosswayTransport(
+        StaticDiscovery(port), policies={SERVICE: POLICY}, telemetry=signals
+    )
     async with httpx2.AsyncClient() as plain, httpx2.AsyncClient(transport=transport) as ours:
         return await run_async_pair((lambda: plain.get(direct), lambda: ours.get(named)))
 
 
-async def httpx_pair(port: int) -> list[Row]:
+async def httpx_pair(port: int, signals: ServiceTelemetry) -> list[Row]:
     import httpx
 
     from crossway.sdk.transport_httpx import CrosswayHttpxTransport
 
     direct, named = _urls(port)
-    transport = CrosswayHttpxTransport(StaticDiscovery(port), policies={SERVICE: POLICY})
+    transport = CrosswayHttpxTransport(
+        StaticDiscovery(port), policies={SERVICE: POLICY}, telemetry=signals
+    )
     async with httpx.AsyncClient() as plain, httpx.AsyncClient(transport=transport) as ours:
         return await run_async_pair((lambda: plain.get(direct), lambda: ours.get(named)))
 
 
-async def mock_pair() -> list[Row]:
+async def mock_pair(signals: ServiceTelemetry) -> list[Row]:
     def answer(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(200, content=b'{"ok":true}')
 
     direct, named = _urls(1)
     transport = CrosswayTransport(
-        StaticDiscovery(1), inner=httpx2.MockTransport(answer), policies={SERVICE: POLICY}
+        StaticDiscovery(1),
+        inner=httpx2.MockTransport(answer),
+        policies={SERVICE: POLICY},
+        telemetry=signals,
     )
     async with (
         httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as plain,
@@ -203,9 +235,11 @@ async def mock_pair() -> list[Row]:
         return await run_async_pair(gets, MOCK_BLOCK)
 
 
-def sync_pair(port: int) -> list[Row]:
+def sync_pair(port: int, signals: ServiceTelemetry) -> list[Row]:
     direct, named = _urls(port)
-    transport = CrosswaySyncTransport(StaticDiscovery(port), policies={SERVICE: POLICY})
+    transport = CrosswaySyncTransport(
+        StaticDiscovery(port), policies={SERVICE: POLICY}, telemetry=signals
+    )
     with httpx2.Client() as plain, httpx2.Client(transport=transport) as ours:
         return run_sync_pair((lambda: plain.get(direct), lambda: ours.get(named)))
 
@@ -244,13 +278,18 @@ def start_server() -> tuple[subprocess.Popen[str], int]:
     return process, int(process.stdout.readline())
 
 
-async def run_async(port: int) -> None:
-    report("httpx2.AsyncClient over loopback", await httpx2_pair(port))
-    if importlib.util.find_spec("httpx") is not None:
-        report("httpx.AsyncClient over loopback", await httpx_pair(port))
-    report(
-        "httpx2.AsyncClient, MockTransport (no network)", await mock_pair(), latency_target=False
-    )
+async def run(port: int) -> None:
+    async with telemetry(port) as signals:
+        report("httpx2.AsyncClient over loopback", await httpx2_pair(port, signals))
+        report("the same, telemetry off", await httpx2_pair(port, None))
+        if importlib.util.find_spec("httpx") is not None:
+            report("httpx.AsyncClient over loopback", await httpx_pair(port, signals))
+        rows = await mock_pair(signals)
+        report("httpx2.AsyncClient, MockTransport (no network)", rows, latency_target=False)
+        # Blocking code runs in worker threads while the loop keeps the
+        # client's background work (telemetry) going, as in an application.
+        rows = await asyncio.to_thread(sync_pair, port, signals)
+        report("httpx2.Client (blocking, in a thread) over loopback", rows)
 
 
 def main() -> None:
@@ -261,10 +300,9 @@ def main() -> None:
         try:
             import uvloop
 
-            uvloop.run(run_async(port))
+            uvloop.run(run(port))
         except ImportError:
-            asyncio.run(run_async(port))
-        report("httpx2.Client (blocking) over loopback", sync_pair(port))
+            asyncio.run(run(port))
     finally:
         assert process.stdin is not None
         process.stdin.close()
