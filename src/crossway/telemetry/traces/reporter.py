@@ -151,9 +151,15 @@ class SpanReporter:
 
     async def flush(self) -> bool:
         """Send everything buffered now, batch by batch; stops at the first
-        failed batch (the rest waits for the next tick). True if all went."""
-        while self._spans:
+        failed batch (the rest waits for the next tick). True if all went.
+
+        Spans recorded while it sends wait for the next wake-up: a caller
+        that records one span per request would otherwise keep it sending
+        batches of one or two, a POST per request."""
+        pending = len(self._spans)
+        while pending > 0 and self._spans:
             batch = self._take()
+            pending -= len(batch)
             if not await self._send(batch):
                 return False
         return True
