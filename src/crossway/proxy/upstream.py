@@ -62,6 +62,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.timed_out = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when `_timer` fires (loop time)
+        self._due: float | None = None  # the armed deadline (loop time)
         self._transport: asyncio.Transport | None = None
         self._inbox: Inbox[ResponseEvent] | None = None
 
@@ -127,23 +129,44 @@ class UpstreamConnection(asyncio.Protocol):
         return not self.closed and self.parser.reusable
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None and not self.closed:
             self.closed = True
             self._transport.abort()
 
     def arm_timeout(self, delay: float) -> None:
         """Close the connection, setting `timed_out`, unless disarmed within `delay`."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(delay, self._time_out)
+        # Lazily: a timer already due to fire no later than the new deadline
+        # stays, and on firing re-arms for what is left. Consecutive
+        # exchanges on a keep-alive connection then arm a timer once per
+        # `delay` instead of creating and cancelling one per request.
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        self._due = due
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= due:
+                return
+            timer.cancel()
+        self._timer_at = due
+        self._timer = loop.call_at(due, self._on_timer)
 
     def disarm_timeout(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._due = None  # a pending timer finds nothing to do
 
-    def _time_out(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
+        due = self._due
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            self._timer_at = due
+            self._timer = loop.call_at(due, self._on_timer)
+            return
+        self._due = None
         self.timed_out = True
         self.close()
 
