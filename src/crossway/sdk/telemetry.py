@@ -18,10 +18,17 @@ Theory of operation
   outage (crossway.telemetry.outage).
 - Sampling is `Sampler(settings.trace_sample_rate)`: the caller's decision
   when a request carries one, the rate for a trace that starts here.
+- The client side runs once per attempt, so it is kept lean: positional
+  arguments, a new trace's id and first span id from one random draw, the
+  span's wall-clock start derived from the attempt's one `perf_counter()`
+  reading (the offset between the two clocks is read again every
+  `_CLOCK_REFRESH_S`), and the strings a span repeats (peer endpoint, status
+  text) made once.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -34,11 +41,21 @@ from crossway.telemetry.tracecontext import (
     RANDOM_TRACE_ID,
     SAMPLED,
     TraceContext,
-    new_trace_id,
 )
-from crossway.telemetry.traces.model import Endpoint
+from crossway.telemetry.traces.model import Endpoint, Span
 from crossway.telemetry.traces.reporter import SpanReporter
-from crossway.telemetry.traces.spans import Sampler, client_span, server_span
+from crossway.telemetry.traces.spans import (
+    ERROR,
+    METHOD,
+    PEER_SERVICE,
+    RESEND_COUNT,
+    SERVER_ADDRESS,
+    STATUS,
+    URL,
+    Sampler,
+    error_tag,
+    server_span,
+)
 
 CALLER_HEADER = "X-Crossway-Caller"
 ROUTE_EXTENSION = "crossway.route"
@@ -49,6 +66,10 @@ ANY_ROUTE = "*"
 
 TraceParts = tuple[str, str]
 """(prefix, suffix) of the `traceparent` of a request: prefix + span id + suffix."""
+
+_CLOCK_REFRESH_S = 10.0
+_NEW_FLAGS = (f"-{RANDOM_TRACE_ID:02x}", f"-{RANDOM_TRACE_ID | SAMPLED:02x}")
+_getrandbits = random.getrandbits
 
 
 class ServiceTelemetry:
@@ -71,6 +92,10 @@ class ServiceTelemetry:
             client=http,
         )
         self.reporter = SpanReporter(settings.url, timeout=settings.timeout, client=http)
+        self._peers: dict[str, Endpoint] = {}
+        self._statuses: dict[int, str] = {}
+        self._wall_offset_us = 0  # wall-clock µs minus perf_counter() µs
+        self._offset_taken = -_CLOCK_REFRESH_S  # perf_counter() when it was read
 
     @classmethod
     def for_settings(
@@ -128,55 +153,88 @@ class ServiceTelemetry:
 
     # -- the client side (the transport) ---------------------------------------------
 
-    def trace_parts(self, parent: TraceContext | None) -> tuple[TraceParts, str | None, bool]:
-        """(traceparent parts, parent span id, sampled) for a call made under
-        `parent` (a new trace, sampled by the rate, when None)."""
+    def trace_parts(
+        self, parent: TraceContext | None
+    ) -> tuple[TraceParts, str | None, bool, str | None]:
+        """(traceparent parts, parent span id, sampled, first span id) for a
+        call made under `parent`; the first span id is drawn with a new
+        trace's id (None under a parent: the caller draws it)."""
         if parent is None:
-            flags = RANDOM_TRACE_ID | (SAMPLED if self.sampler.sample_new() else 0)
-            return (f"00-{new_trace_id()}-", f"-{flags:02x}"), None, bool(flags & SAMPLED)
+            sampled = self.sampler.sample_new()
+            ids = f"{_random_ids():048x}"
+            return (f"00-{ids[:32]}-", _NEW_FLAGS[sampled]), None, sampled, ids[32:]
         flags = parent.flags & (SAMPLED | RANDOM_TRACE_ID)
         parts = (f"00-{parent.trace_id}-", f"-{flags:02x}")
-        return parts, parent.span_id, parent.sampled
+        return parts, parent.span_id, parent.sampled, None
 
     def attempted(
         self,
-        *,
         peer_service: str,
-        request: Any,
-        url: Any,
+        method: str,
+        route: str | None,
         status: int,
-        start_us: int,
-        seconds: float,
-        attempt: int,
-        trace: TraceParts | None,
-        span_id: str | None,
-        parent_id: str | None,
+        began: float,
+        ended: float,
         sampled: bool,
-        address: str,
-        error: BaseException | None,
+        span: tuple[Any, ...] | None,
     ) -> None:
-        """One attempt of a call to `peer_service` (`status` 0: no answer)."""
-        method = request.method
-        route = request.extensions.get(ROUTE_EXTENSION) or ANY_ROUTE
-        self.client.record(route, method, status, seconds, service=peer_service)
-        if not sampled or trace is None or span_id is None:
+        """One attempt of a call to `peer_service`, sent at `perf_counter()`
+        `began`, over at `ended` (`status` 0: no answer). `span`, when the
+        attempt is sampled: (trace parts, span id, parent id, url, attempt
+        number, server address, error)."""
+        seconds = ended - began
+        self.client.record(route or ANY_ROUTE, method, status, seconds, service=peer_service)
+        if not sampled or span is None:
             return
-        span = client_span(
-            trace_id=trace[0][3:35],
-            span_id=span_id,
-            parent_id=parent_id,
-            local=self.local,
-            peer_service=peer_service,
-            method=method,
-            url=str(url),
-            status=status,
-            start_us=start_us,
-            duration_us=int(seconds * 1_000_000),
-            attempt=attempt,
-            server_address=address,
-            error=error,
+        trace, span_id, parent_id, url, attempt, address, error = span
+        if ended - self._offset_taken > _CLOCK_REFRESH_S:
+            self._offset_taken = ended
+            self._wall_offset_us = time.time_ns() // 1000 - int(ended * 1_000_000)
+        tags = {METHOD: method, URL: str(url), PEER_SERVICE: peer_service}
+        if status:
+            tags[STATUS] = self._status_text(status)
+        if attempt > 1:
+            tags[RESEND_COUNT] = str(attempt - 1)
+        tags[SERVER_ADDRESS] = address
+        if error is not None or status >= 500 or status == 0:
+            failure = error_tag(status, error)
+            if failure is not None:
+                tags[ERROR] = failure
+        peer = self._peers.get(peer_service)
+        if peer is None:
+            peer = self._peers[peer_service] = Endpoint(service_name=peer_service)
+        duration_us = int(seconds * 1_000_000)
+        self.reporter.record(
+            Span(
+                trace[0][3:35],
+                span_id,
+                parent_id,
+                method,
+                "CLIENT",
+                self._wall_offset_us + int(began * 1_000_000),
+                duration_us if duration_us > 0 else 1,
+                None,
+                None,
+                self.local,
+                peer,
+                [],
+                tags,
+            )
         )
-        self.reporter.record(span)
+
+    def _status_text(self, status: int) -> str:
+        text = self._statuses.get(status)
+        if text is None:
+            text = self._statuses[status] = str(status)
+        return text
+
+
+def _random_ids() -> int:
+    """192 random bits for a trace id and a span id, neither all zeros."""
+    while True:
+        value = _getrandbits(192)
+        if value >> 64 and value & 0xFFFFFFFFFFFFFFFF:
+            return value
 
 
 def wall_micros(perf_started: float) -> int:

@@ -89,7 +89,7 @@ from crossway.sdk.policies import (
     build_retries,
     follow_control_plane,
 )
-from crossway.sdk.telemetry import CALLER_HEADER, ServiceTelemetry, wall_micros
+from crossway.sdk.telemetry import CALLER_HEADER, ROUTE_EXTENSION, ServiceTelemetry
 from crossway.telemetry.tracecontext import (
     TRACEPARENT,
     TRACESTATE,
@@ -288,6 +288,7 @@ class _Call:
         trace: tuple[str, str] | None,
         parent_id: str | None = None,
         sampled: bool = False,
+        first_span_id: str | None = None,
     ) -> None:
         self.request = request
         self.url = request.url
@@ -295,7 +296,7 @@ class _Call:
         self.trace = trace  # (prefix, suffix) of each attempt's traceparent
         self.parent_id = parent_id  # the span the attempts' client spans are children of
         self.sampled = sampled  # whether client spans are recorded
-        self.span_id: str | None = None  # the current attempt's span id
+        self.span_id = first_span_id  # the current attempt's span id
         self.began = 0.0  # perf_counter() when the current attempt was sent
         self.timeouts: Any = None  # the caller's httpx timeouts, once shrunk
         self.tried: list[str] | None = None  # instances tried; None before the first attempt
@@ -351,6 +352,7 @@ class ServiceStack:
         self._hash_header = policy.hash_header
         self._rewrite = flavor.rewrite
         self._ejected: frozenset[str] = frozenset()
+        self._addresses: dict[str, str] = {}  # endpoint id -> "address:port", for spans
         self.size = 0
 
     def update(self, instances: Iterable[Instance]) -> None:
@@ -361,6 +363,7 @@ class ServiceStack:
             if self.detector is not None:
                 self.detector.update(endpoints)
             self.size = len(endpoints)
+            self._addresses = {e.id: f"{e.address}:{e.port}" for e in endpoints}
 
     # -- one logical call ---------------------------------------------------------------
 
@@ -379,8 +382,8 @@ class ServiceStack:
             self._flavor.set_header(headers, _TRACESTATE, format_tracestate(parent.tracestate))
         if telemetry is None:
             return _Call(request, retry, child_traceparent_parts(parent))
-        parts, parent_id, sampled = telemetry.trace_parts(parent)
-        return _Call(request, retry, parts, parent_id, sampled)
+        parts, parent_id, sampled, first_span_id = telemetry.trace_parts(parent)
+        return _Call(request, retry, parts, parent_id, sampled, first_span_id)
 
     @staticmethod
     def _end(call: _Call) -> None:
@@ -401,7 +404,7 @@ class ServiceStack:
         if tried is None:
             tried = call.tried = []
             if trace is not None:  # the first attempt: `_begin` saw no traceparent
-                span_id = call.span_id = new_span_id()
+                span_id = call.span_id = call.span_id or new_span_id()
                 flavor.add_header(request.headers, _TRACEPARENT, trace[0] + span_id + trace[1])
         elif trace is not None:
             span_id = call.span_id = new_span_id()
@@ -489,21 +492,16 @@ class ServiceStack:
         telemetry = self._telemetry
         if telemetry is None:
             return
-        seconds = time.perf_counter() - call.began
+        ended = time.perf_counter()
+        request = call.request
+        span = None
+        if call.sampled:
+            address = self._addresses.get(endpoint.id) or f"{endpoint.address}:{endpoint.port}"
+            attempt = len(call.tried or ())
+            span = (call.trace, call.span_id, call.parent_id, call.url, attempt, address, error)
+        route = request.extensions.get(ROUTE_EXTENSION)
         telemetry.attempted(
-            peer_service=self.service,
-            request=call.request,
-            url=call.url,
-            status=status,
-            start_us=wall_micros(call.began),
-            seconds=seconds,
-            attempt=len(call.tried or ()),
-            trace=call.trace,
-            span_id=call.span_id,
-            parent_id=call.parent_id,
-            sampled=call.sampled,
-            address=f"{endpoint.address}:{endpoint.port}",
-            error=error,
+            self.service, request.method, route, status, call.began, ended, call.sampled, span
         )
 
     def _next_delay(
