@@ -26,7 +26,9 @@ export function Service({ name }: { name: string }) {
     <Page
       id="service"
       title={name}
-      subtitle={<a href="/">← all services</a>}
+      // A service page belongs to the Overview (its list of services): the
+      // nav highlights Overview here, and the way back names it.
+      subtitle={<a href="/">← Overview: all services</a>}
       state={pageState(instances)}
       error={instances.error}
       actions={

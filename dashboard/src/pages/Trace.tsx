@@ -51,7 +51,7 @@ function Waterfall({ spans, start, total }: { spans: Span[]; start: number; tota
           <div key={key} class="span-row" data-testid={`span-${span.id}`} onClick={() => setOpen(open === key ? null : key)}>
             <span class="span-label" style={{ paddingLeft: `${depth * 16}px` }} title={span.name}>
               <strong>{serviceOf(span)}</strong> <span class="muted">{span.name ?? ""}</span>
-              {span.kind && <span class="tag">{span.kind.toLowerCase()}</span>}
+              {span.kind && <span class="tag span-kind">{span.kind.toLowerCase()}</span>}
             </span>
             <div class="span-track">
               <div class={error ? "span-bar error" : "span-bar"} style={{ left: scale(offset), width: scale(span.duration ?? 0) }} />
