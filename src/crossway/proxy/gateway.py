@@ -203,9 +203,14 @@ class Gateway:
             target = (decision.path + ("?" + query if query else "")).encode("latin-1")
         if decision.mirror is not None and not head.has_body:
             self._mirror(stream, decision.mirror, match.route.route, target)
-        outcome.status = await self._forward(
-            stream, match, plan, decision.backend.service, target, outcome
-        )
+        service = decision.backend.service
+        _check_body_limit(stream, match.route.route)
+        if self.guards.get(service) is None:  # no circuit breaking: one coroutine less
+            outcome.status = await self._attempts(
+                stream, match, plan, service, target, None, outcome
+            )
+        else:
+            outcome.status = await self._forward(stream, match, plan, service, target, outcome)
 
     async def _admit(self, limit: RouteLimit, stream: Stream) -> None:
         try:
@@ -226,7 +231,6 @@ class Gateway:
     ) -> int:
         """Forward under the service's circuit breaking (overload.py), if any,
         within the route's overall deadline."""
-        _check_body_limit(stream, match.route.route)
         guard = self.guards.get(service)
         if guard is None:  # the deadline starts with the first attempt
             return await self._attempts(stream, match, plan, service, target, None, outcome)

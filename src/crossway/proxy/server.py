@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -268,9 +269,10 @@ class Http1Protocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    async def next_event(self) -> Event | None:
+    def next_event(self) -> Coroutine[None, None, Event | None]:
+        """The next request event (the Inbox's coroutine itself, not a wrapper)."""
         assert self._inbox is not None
-        return await self._inbox.get()
+        return self._inbox.get()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -291,12 +293,21 @@ class Http1Protocol(asyncio.Protocol):
                 if event is None:
                     break
                 if type(event) is RequestReceived:
+                    # The exchange, inline rather than in a coroutine of its own.
                     self._busy = True
+                    stream = self._stream(event.head)
                     try:
-                        await self._exchange(event.head)
+                        await self._server.handler(stream)
+                    except ConnectionError:
+                        self.must_close = True
+                    except Exception:
+                        log.exception("handler failed")
+                        self._fail(stream)
                     finally:
                         self._busy = False
                         self._last_active = self._clock.now()
+                    if not stream.response_started or not stream.body_done:
+                        self.must_close = True
                 else:
                     self._dispatch(event)
         except ConnectionError:
@@ -313,24 +324,15 @@ class Http1Protocol(asyncio.Protocol):
             # Upgraded: tunnelling is not served yet; refuse plainly.
             self.must_close = True
 
-    async def _exchange(self, head: RequestHead) -> None:
+    def _stream(self, head: RequestHead) -> Http1Stream:
         peer = self._request_peer
         if peer.host != head.host or peer.version != head.version:
             peer = self._request_peer = _with_request(self._peer, head)
-        stream = Http1Stream(self, head, peer)
         if head.upgrade is not None:
             # Whatever the answer, the bytes after this request belong to
             # the upgraded protocol (or to nobody): never parse them as HTTP.
             self.must_close = True
-        try:
-            await self._server.handler(stream)
-        except ConnectionError:
-            self.must_close = True
-        except Exception:
-            log.exception("handler failed")
-            self._fail(stream)
-        if not stream.response_started or not stream.body_done:
-            self.must_close = True
+        return Http1Stream(self, head, peer)
 
     def _fail(self, stream: Http1Stream) -> None:
         if stream.response_started:
