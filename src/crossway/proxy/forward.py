@@ -48,6 +48,7 @@ from crossway.proxy.http1_wire import (
     LAST_CHUNK,
     EndOfResponse,
     Framing,
+    ResponseEvent,
     ResponseHead,
     ResponseReceived,
     encode_chunk,
@@ -117,6 +118,15 @@ async def forward(
         extra_headers.append((b"upgrade", upgrade_to))
     wire_head = _request_head(stream, policy, target, extra_headers, drop_headers, address)
     plan = _Plan(wire_head, timeout, policy, edit_response, max_body, retry_statuses)
+    conn = pool.take_idle(address)
+    if conn is not None:  # the common case, without `_attempt`'s coroutine
+        try:
+            return await _exchange(stream, conn, plan)
+        except _Stale:
+            pass
+        finally:
+            pool.release(conn)
+        return await _attempt(stream, address, pool, plan, fresh=True)
     try:
         return await _attempt(stream, address, pool, plan, fresh=False)
     except _Stale:
@@ -188,7 +198,15 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
     if head.has_body:
         pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn, plan.max_body))
     try:
-        response = await _await_head(conn, pump, plan.timeout, retry_ok=reused and pump is None)
+        if pump is None:  # `_await_head` inline, the common case
+            conn.arm_timeout(plan.timeout)
+            try:
+                event = await conn.next_event()
+            finally:
+                conn.disarm_timeout()
+            response = _response_head(conn, event, None, plan.timeout, retry_ok=reused)
+        else:
+            response = await _await_head(conn, pump, plan.timeout, retry_ok=False)
         if conn.parser.tunnel:
             await _tunnel(stream, conn, response, plan)
             return response.status
@@ -249,6 +267,18 @@ async def _await_head(
         if after_body is not None:
             assert pump is not None
             pump.remove_done_callback(after_body)
+    return _response_head(conn, event, pump, timeout, retry_ok=retry_ok)
+
+
+def _response_head(
+    conn: UpstreamConnection,
+    event: ResponseEvent | None,
+    pump: asyncio.Task[None] | None,
+    timeout: float,
+    *,
+    retry_ok: bool,
+) -> ResponseHead:
+    """The response head `event` should be, or the error the wait came to."""
     if conn.timed_out:
         raise UpstreamTimeout(f"no response within {timeout:g}s", reason="timeout")
     if pump is not None and pump.done() and pump.exception() is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -114,10 +115,11 @@ class UpstreamConnection(asyncio.Protocol):
         assert self._inbox is not None
         return self._inbox.take()
 
-    async def next_event(self) -> ResponseEvent | None:
-        """The next response event, or None when the connection is gone."""
+    def next_event(self) -> Coroutine[None, None, ResponseEvent | None]:
+        """The next response event, or None when the connection is gone
+        (the Inbox's coroutine itself: one coroutine per wait, not two)."""
         assert self._inbox is not None
-        return await self._inbox.get()
+        return self._inbox.get()
 
     @property
     def buffered(self) -> bool:
