@@ -24,16 +24,16 @@ from typing import Any, Unpack
 import httpx
 
 from crossway.sdk.policies import CallPolicy
-from crossway.sdk.transport import (
+from crossway.sdk.transport_core import (
     POOL_OPTIONS,
+    Adapter,
     AsyncCore,
-    Discovery,
-    Flavor,
     SyncCore,
     TransportOptions,
-    client_options,
-    flavor,
+    make_client,
 )
+from crossway.sdk.transport_flavor import Flavor, flavor
+from crossway.sdk.transport_router import Discovery
 
 __all__ = [
     "HTTPX",
@@ -84,6 +84,10 @@ class CrosswayHttpxSyncTransport(SyncCore, httpx.BaseTransport):
         self._bind(loop, resolve_timeout)
 
 
+_ASYNC = Adapter(httpx.AsyncHTTPTransport, CrosswayHttpxTransport, httpx.AsyncClient, True)
+_SYNC = Adapter(httpx.HTTPTransport, CrosswayHttpxSyncTransport, httpx.Client, False)
+
+
 def async_httpx_client(
     client: Any,
     *,
@@ -94,15 +98,9 @@ def async_httpx_client(
     **httpx_options: Any,
 ) -> httpx.AsyncClient:
     """`transport.async_client`, returning an `httpx.AsyncClient`."""
-    code: TransportOptions = {
-        "policies": policies,
-        "default_policy": default_policy,
-        "passthrough_hosts": passthrough_hosts,
-    }
-    options, pool, rest = client_options(client, follow_policies, code, httpx_options)
-    inner = httpx.AsyncHTTPTransport(**pool)
-    transport = CrosswayHttpxTransport(client.discovery, inner=inner, **options)
-    return httpx.AsyncClient(transport=transport, **rest)
+    plan = (policies, default_policy, follow_policies, passthrough_hosts, None)
+    made: httpx.AsyncClient = make_client(client, _ASYNC, plan, httpx_options)
+    return made
 
 
 def sync_httpx_client(
@@ -116,14 +114,6 @@ def sync_httpx_client(
     **httpx_options: Any,
 ) -> httpx.Client:
     """`transport.sync_client`, returning an `httpx.Client`."""
-    code: TransportOptions = {
-        "policies": policies,
-        "default_policy": default_policy,
-        "passthrough_hosts": passthrough_hosts,
-    }
-    options, pool, rest = client_options(client, follow_policies, code, httpx_options)
-    inner = httpx.HTTPTransport(**pool)
-    transport = CrosswayHttpxSyncTransport(
-        client.discovery, inner=inner, loop=loop or getattr(client, "loop", None), **options
-    )
-    return httpx.Client(transport=transport, **rest)
+    plan = (policies, default_policy, follow_policies, passthrough_hosts, loop)
+    made: httpx.Client = make_client(client, _SYNC, plan, httpx_options)
+    return made

@@ -1,0 +1,132 @@
+"""What differs between the HTTP client libraries the transports serve
+(httpx2, httpx), and the fast paths into their URL and header objects.
+
+Theory of operation
+-------------------
+A `Flavor` names a library's exceptions ("the request never left", "the
+transport failed"), the body type that can be sent again, and three
+operations the per-attempt path needs: move a URL to another host and port,
+test for a header, set one. httpx and httpx2 re-parse a whole URL to change
+its host (tens of microseconds) and work out the encoding of every header
+before a lookup; the fast paths here use their parsed insides directly.
+
+Invariant: a fast path is used only if it gave the same results as the
+public API on samples at import; otherwise the public API is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    """What differs between HTTP client libraries (httpx2, httpx)."""
+
+    unsent_errors: tuple[type[BaseException], ...]  # the request never left
+    transport_error: type[BaseException]
+    byte_stream: type[Any]  # a body that can be sent again
+    rewrite: Callable[[Any, str, int], Any]  # (url, host, port) -> url
+    has_header: Callable[[Any, bytes], bool]  # (headers, lower-case name)
+    set_header: Callable[[Any, bytes, str], None]  # (headers, lower-case name, ASCII value)
+    add_header: Callable[[Any, bytes, str], None]  # set_header for a header known absent
+
+
+# Fast paths. httpx and httpx2 re-parse a whole URL to change its host (tens
+# of microseconds) and work out the encoding of every header before a lookup.
+# Both keep a parsed URL tuple (`_uri_reference`) and a list of
+# (raw name, lower-case name, value) triples (`_list`) inside; using them
+# directly makes the per-request path several times cheaper. Each fast path
+# is checked against the public API once, at import, and a library whose
+# insides differ gets the public API instead.
+
+
+def url_rewriter(url_cls: type[Any]) -> Callable[[Any, str, int], Any]:
+    """(url, host, port) -> the same URL on another host and port."""
+
+    def fast(url: Any, host: str, port: int) -> Any:
+        ref = url._uri_reference  # (scheme, userinfo, host, port, path, query, fragment)
+        out = object.__new__(url_cls)
+        out._uri_reference = tuple.__new__(
+            type(ref), (ref[0], ref[1], host, port, ref[4], ref[5], ref[6])
+        )
+        return out
+
+    def slow(url: Any, host: str, port: int) -> Any:
+        return url.copy_with(host=host, port=port)
+
+    try:
+        sample = url_cls("https://svc:1/a/b?c=d#e")
+        for host in ("10.0.0.1", "::1", "h.example"):
+            if str(fast(sample, host, 8)) != str(slow(sample, host, 8)):
+                return slow
+    except (AttributeError, TypeError, IndexError):
+        return slow
+    return fast
+
+
+HeaderOps = tuple[
+    Callable[[Any, bytes], bool],
+    Callable[[Any, bytes, str], None],
+    Callable[[Any, bytes, str], None],
+]
+
+
+def header_ops(headers_cls: type[Any]) -> HeaderOps:
+    """(has_header, set_header, add_header) for a library's Headers class."""
+
+    def fast_has(headers: Any, name: bytes) -> bool:
+        for item in headers._list:  # noqa: SIM110 - a plain loop: no generator per call
+            if item[1] == name:
+                return True
+        return False
+
+    def fast_set(headers: Any, name: bytes, value: str) -> None:
+        entries = headers._list
+        entry = (name, name, value.encode("ascii"))
+        for i, item in enumerate(entries):
+            if item[1] == name:
+                entries[i] = entry
+                return
+        entries.append(entry)
+
+    def fast_add(headers: Any, name: bytes, value: str) -> None:
+        headers._list.append((name, name, value.encode("ascii")))
+
+    def slow_has(headers: Any, name: bytes) -> bool:
+        return any(k.lower() == name for k, _ in headers.raw)
+
+    def slow_set(headers: Any, name: bytes, value: str) -> None:
+        headers[name.decode("ascii")] = value
+
+    try:
+        fast_headers, slow_headers = (
+            headers_cls({"A": "1", "b": "2"}),
+            headers_cls({"A": "1", "b": "2"}),
+        )
+        for name, value in ((b"a", "3"), (b"c", "4")):
+            fast_set(fast_headers, name, value)
+            slow_set(slow_headers, name, value)
+        fast_add(fast_headers, b"e", "5")
+        slow_set(slow_headers, b"e", "5")
+        same = fast_headers.multi_items() == slow_headers.multi_items()
+        if same and fast_has(fast_headers, b"c") and not fast_has(fast_headers, b"d"):
+            return fast_has, fast_set, fast_add
+    except (AttributeError, TypeError, IndexError):
+        pass
+    return slow_has, slow_set, slow_set
+
+
+def flavor(
+    *,
+    unsent_errors: tuple[type[BaseException], ...],
+    transport_error: type[BaseException],
+    byte_stream: type[Any],
+    url_cls: type[Any],
+    headers_cls: type[Any],
+) -> Flavor:
+    has, set_, add = header_ops(headers_cls)
+    rewrite = url_rewriter(url_cls)
+    return Flavor(unsent_errors, transport_error, byte_stream, rewrite, has, set_, add)
