@@ -61,7 +61,14 @@ async def test_admin_pages_describe_the_running_gateway(tmp_path: Path) -> None:
         dump = (await admin.get("/config_dump")).json()
         clusters = (await admin.get("/clusters")).json()
         missing = await admin.get("/missing")
+        metrics = (await admin.get("/metrics")).text
     assert ready.status_code == 200
+    # The conventional names, as every Crossway process exposes them.
+    ping = 'method="GET",route="ping",service="gateway",status_class="2xx"'
+    assert f"http_server_requests_total{{{ping}}} 1.0" in metrics
+    assert f"http_server_request_duration_seconds_count{{{ping}}} 1.0" in metrics
+    assert 'route="unmatched",service="gateway",status_class="4xx"' in metrics
+    assert "process_cpu_seconds_total" in metrics
     assert 'crossway_gateway_requests_total{route="ping",class="2xx"} 1' in stats
     assert 'crossway_gateway_requests_total{route="orders",class="5xx"} 1' in stats
     assert 'crossway_gateway_requests_total{route="",class="4xx"} 1' in stats

@@ -2,15 +2,20 @@
 #
 # Theory of operation
 # -------------------
-# `GatewayStats` is plain counters updated on the request path: a dict
-# increment per request for the count by route and status class, and one
-# bisect into fixed latency buckets. No locks (one event loop per process),
-# no label objects per request, no formatting until someone scrapes.
+# `GatewayStats` is plain counters updated on the request path: one cell per
+# (route, method, status class) holding a latency histogram on the shared
+# bounds (proxy/metrics.py), one bisect per request. No locks (one event
+# loop per process), no label objects per request, no formatting until
+# someone scrapes.
 #
 # `AdminHandler` is a `Handler` served by the same engine on another port
 # (default 7790):
 #
 #   GET /ready         200 once a configuration is loaded, else 503
+#   GET /metrics       Prometheus text with the names every Crossway process
+#                      uses: http_server_requests_total and
+#                      http_server_request_duration_seconds{service="gateway",
+#                      route, method, status_class}, and process metrics
 #   GET /stats         Prometheus text: requests by route and status class,
 #                      latency histograms per route, upstream exchanges,
 #                      pool connections, active client connections, retries,
@@ -23,39 +28,37 @@
 #
 # Invariants
 # ----------
-# - Recording never allocates beyond the first request of a (route, class).
+# - Recording never allocates beyond the first request of a (route, method, class).
 # - The admin port answers only GET; every page is rendered in one go and
 #   sent with a Content-Length.
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 
 from crossway.proxy.errors import NoRoute, render
 from crossway.proxy.headers import Headers
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
+from crossway.proxy.metrics import Cell, RequestCells, gateway_registry
 from crossway.proxy.routes.model import encode_route
 from crossway.proxy.stream import Stream
+from crossway.telemetry.metrics import LATENCY_BUCKETS, OTHER_METHOD
 from crossway.traffic.policy import encode_policy
 
 if TYPE_CHECKING:
     from crossway.proxy.gateway import Gateway
-
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class GatewayStats:
     """Request counters and latency histograms (see the module header)."""
 
     def __init__(self) -> None:
-        self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
-        self.latency: dict[str, list[int]] = {}
-        self.latency_sum: defaultdict[str, float] = defaultdict(float)
+        self.cells = RequestCells()
+        """Requests by (route, method, status class) with latency histograms."""
         self.retries: defaultdict[str, int] = defaultdict(int)
         self.overloaded: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.breaker_trips: defaultdict[str, int] = defaultdict(int)
@@ -63,15 +66,27 @@ class GatewayStats:
         self.rate_limited: defaultdict[str, int] = defaultdict(int)
         self.rate_limit_unavailable: defaultdict[str, int] = defaultdict(int)
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
+    def observe(self, route: str, status: int, seconds: float, method: str = OTHER_METHOD) -> None:
         # Status 0: the exchange ended without a status (client gone).
-        kind = CLASSES[status // 100 - 1] if 100 <= status < 600 else "none"
-        self.requests[(route, kind)] += 1
-        buckets = self.latency.get(route)
-        if buckets is None:
-            buckets = self.latency[route] = [0] * (len(BUCKETS) + 1)
-        buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.latency_sum[route] += seconds
+        self.cells.served(route, method, status, seconds)
+
+    def by_route_and_class(self) -> dict[tuple[str, str], int]:
+        """Requests per (route, status class), every method together."""
+        out: defaultdict[tuple[str, str], int] = defaultdict(int)
+        for (route, _, klass), cell in list(self.cells.server.items()):
+            out[(route, klass)] += int(sum(cell[:-1]))
+        return out
+
+    def latency_by_route(self) -> dict[str, Cell]:
+        """Per route: bucket counts on `LATENCY_BUCKETS` (+Inf last), then the sum."""
+        out: dict[str, Cell] = {}
+        for (route, _, _), cell in list(self.cells.server.items()):
+            total = out.get(route)
+            if total is None:
+                out[route] = list(cell)
+            else:
+                out[route] = [a + b for a, b in zip(total, cell, strict=True)]
+        return out
 
     def retried(self, route: str) -> None:
         self.retries[route] += 1
@@ -98,12 +113,12 @@ def render_stats(stats: GatewayStats, gateway: Gateway, active_connections: int)
         "# TYPE crossway_gateway_requests_total counter",
         *(
             f'crossway_gateway_requests_total{{route="{r}",class="{c}"}} {n}'
-            for (r, c), n in sorted(stats.requests.items())
+            for (r, c), n in sorted(stats.by_route_and_class().items())
         ),
         "# TYPE crossway_gateway_request_duration_seconds histogram",
     ]
-    for route, counts in sorted(stats.latency.items()):
-        lines.extend(_histogram(route, counts, stats.latency_sum[route]))
+    for route, cell in sorted(stats.latency_by_route().items()):
+        lines.extend(_histogram(route, cell))
     lines.append("# TYPE crossway_gateway_retries_total counter")
     lines.extend(
         f'crossway_gateway_retries_total{{route="{r}"}} {n}' for r, n in stats.retries.items()
@@ -132,15 +147,15 @@ def _resilience_lines(stats: GatewayStats) -> list[str]:
     return lines
 
 
-def _histogram(route: str, counts: list[int], total: float) -> list[str]:
+def _histogram(route: str, cell: Cell) -> list[str]:
     name = "crossway_gateway_request_duration_seconds"
     out = []
     running = 0
-    for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
-        running += count
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), cell[:-1], strict=True):
+        running += int(count)
         le = "+Inf" if bound == float("inf") else f"{bound:g}"
         out.append(f'{name}_bucket{{route="{route}",le="{le}"}} {running}')
-    out.append(f'{name}_sum{{route="{route}"}} {total:.6f}')
+    out.append(f'{name}_sum{{route="{route}"}} {cell[-1]:.6f}')
     out.append(f'{name}_count{{route="{route}"}} {running}')
     return out
 
@@ -174,6 +189,10 @@ class AdminHandler:
         self._stats = stats
         self._ready = ready
         self._active = active_connections
+        # The shared request metrics by their conventional names, plus the
+        # process's own (CPU, memory, file descriptors), for Prometheus.
+        self._registry = gateway_registry(stats.cells)
+        ProcessCollector(registry=self._registry)
 
     async def __call__(self, stream: Stream) -> None:
         path = stream.head.target.split(b"?", 1)[0]
@@ -188,6 +207,7 @@ class AdminHandler:
         return {
             b"/ready": self._page_ready,
             b"/stats": self._page_stats,
+            b"/metrics": self._page_metrics,
             b"/config_dump": self._page_config,
             b"/clusters": self._page_clusters,
         }
@@ -199,6 +219,9 @@ class AdminHandler:
     def _page_stats(self) -> tuple[int, bytes, bytes]:
         text = render_stats(self._stats, self._gateway, self._active())
         return 200, b"text/plain; version=0.0.4", text.encode()
+
+    def _page_metrics(self) -> tuple[int, bytes, bytes]:
+        return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self._registry)
 
     def _page_config(self) -> tuple[int, bytes, bytes]:
         config = self._gateway.config

@@ -80,6 +80,7 @@ from crossway.proxy.stream import ClientBodyError, Stream
 from crossway.proxy.telemetry import GatewayTelemetry
 from crossway.proxy.upstream import UpstreamPool
 from crossway.resilience.redis_limiter import AsyncScriptingClient
+from crossway.telemetry.metrics import OTHER_METHOD
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 DEFAULT_TIMEOUT = 15.0
@@ -159,7 +160,8 @@ class Gateway:
             # detector and the statistics, when the answer was relayed.
             ended = outcome.ended or self._clock.now()
             if self.stats is not None:
-                self.stats.observe(outcome.route, outcome.status, ended - started)
+                method = _METHODS.get(stream.head.method, OTHER_METHOD)
+                self.stats.observe(outcome.route, outcome.status, ended - started, method)
             if telemetry is not None and token is not None:
                 telemetry.finish(token, stream, outcome.route, outcome.status, started, ended)
 
