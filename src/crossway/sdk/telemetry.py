@@ -67,6 +67,7 @@ ANY_ROUTE = "*"
 TraceParts = tuple[str, str]
 """(prefix, suffix) of the `traceparent` of a request: prefix + span id + suffix."""
 
+SPAN_BATCH = 1000
 _CLOCK_REFRESH_S = 10.0
 _NEW_FLAGS = (f"-{RANDOM_TRACE_ID:02x}", f"-{RANDOM_TRACE_ID | SAMPLED:02x}")
 _getrandbits = random.getrandbits
@@ -91,7 +92,11 @@ class ServiceTelemetry:
             timeout=settings.timeout,
             client=http,
         )
-        self.reporter = SpanReporter(settings.url, timeout=settings.timeout, client=http)
+        # One POST per 1,000 spans, not per 100: a busy caller records a span
+        # per attempt, and a POST costs what encoding a few hundred spans does.
+        self.reporter = SpanReporter(
+            settings.url, timeout=settings.timeout, client=http, batch_size=SPAN_BATCH
+        )
         self._peers: dict[str, Endpoint] = {}
         self._statuses: dict[int, str] = {}
         self._wall_offset_us = 0  # wall-clock µs minus perf_counter() µs
