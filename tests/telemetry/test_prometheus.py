@@ -1,8 +1,9 @@
-"""A real Prometheus scrapes the control plane and an instrumented service.
+"""A real Prometheus scrapes the control plane, a gateway and an instrumented service.
 
 - `promtool check metrics` passes on every `/metrics` (the control plane's,
-  process collectors and registry gauges included, and one written with the
-  conventions of `crossway.telemetry.metrics`);
+  process collectors and registry gauges included, the gateway's admin
+  `/metrics` and `/stats`, and one written with the conventions of
+  `crossway.telemetry.metrics`);
 - Prometheus (Debian's package, started here on a free loopback port with a
   private config and data directory) scrapes both every second, evaluates the
   exported recording rules, and answers PromQL over the raw metrics and the
@@ -103,6 +104,39 @@ def service() -> Iterator[tuple[Service, str]]:
         thread.join(5)
 
 
+GATEWAY_ROUTES = """\
+routes:
+  health:
+    match: {path: /healthz}
+    direct_response: {status: 200, body: ok}
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[tuple[str, str]]:
+    """`crossway gateway` answering /healthz itself: (proxy URL, admin URL)."""
+    work = Path(tempfile.mkdtemp(prefix="crossway-prom-gw-"))
+    (work / "gateway.yaml").write_text(GATEWAY_ROUTES)
+    port, admin = free_port(), free_port()
+    log = (work / "gateway.log").open("wb")
+    command = [sys.executable, "-m", "crossway.cli.main", "gateway"]
+    options = ["--config", str(work / "gateway.yaml"), "--host", "127.0.0.1"]
+    process = subprocess.Popen(
+        [*command, *options, "--port", str(port), "--admin-port", str(admin), "--no-telemetry"],
+        stdout=log,
+        stderr=log,
+    )
+    proxy, admin_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+    try:
+        _wait(lambda: httpx2.get(f"{admin_url}/ready", timeout=1).status_code == 200, process)
+        yield proxy, admin_url
+    finally:
+        process.terminate()
+        process.wait(20)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def steady_traffic(control_plane: str, instrumented: Service) -> Iterator[None]:
     """Requests to the control plane and the service while Prometheus scrapes."""
@@ -146,16 +180,20 @@ def _traffic(url: str) -> None:
 
 
 def test_promtool_accepts_every_metrics_page(
-    control_plane: str, service: tuple[Service, str]
+    control_plane: str, service: tuple[Service, str], gateway: tuple[str, str]
 ) -> None:
     promtool = _binary("promtool")
     _traffic(control_plane)
-    for url in (control_plane, service[1]):
-        text = httpx2.get(f"{url}/metrics").text
+    proxy, admin = gateway
+    for _ in range(5):
+        assert httpx2.get(f"{proxy}/healthz").status_code == 200
+    pages = [f"{control_plane}/metrics", f"{service[1]}/metrics"]
+    for page in (*pages, f"{admin}/metrics", f"{admin}/stats"):
+        text = httpx2.get(page).text
         check = subprocess.run(
             [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
         )
-        assert check.returncode == 0, (url, check.stdout, check.stderr)
+        assert check.returncode == 0, (page, check.stdout, check.stderr)
     page = httpx2.get(f"{control_plane}/metrics").text
     assert "http_server_request_duration_seconds_bucket" in page
     assert 'crossway_service_instances{service="orders",status="passing"} 3.0' in page
@@ -215,14 +253,19 @@ def query(prom: str, promql: str, timeout: float = 45) -> list[dict[str, Any]]:
 
 
 def test_prometheus_scrapes_and_answers_promql(
-    control_plane: str, service: tuple[Service, str]
+    control_plane: str, service: tuple[Service, str], gateway: tuple[str, str]
 ) -> None:
     instrumented, service_url = service
+    proxy, admin = gateway
     _traffic(control_plane)
+    for _ in range(7):
+        assert httpx2.get(f"{proxy}/healthz").status_code == 200
     rules = prometheus_rules(parse_rules(RULES))
-    targets = {"crossway": control_plane, "orders": service_url}
+    targets = {"crossway": control_plane, "orders": service_url, "gateway": admin}
     with prometheus(targets, rules) as prom, steady_traffic(control_plane, instrumented):
-        assert value(query(prom, "sum(up) == 2")) == 2  # both targets scraped
+        assert value(query(prom, "sum(up) == 3")) == 3  # every target scraped
+        through = 'sum(http_server_requests_total{job="gateway",service="gateway",route="health"})'
+        assert value(query(prom, f"{through} >= 7")) >= 7
         healthy = 'crossway_service_instances{service="orders",status="passing"}'
         assert value(query(prom, healthy)) == 3
         stats = 'sum(http_server_requests_total{job="crossway",route="/v1/stats"})'

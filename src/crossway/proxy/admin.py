@@ -127,7 +127,33 @@ def render_stats(stats: GatewayStats, gateway: Gateway, active_connections: int)
     lines.append("# TYPE crossway_gateway_active_connections gauge")
     lines.append(f"crossway_gateway_active_connections {active_connections}")
     lines.extend(_pool_lines(gateway))
-    return "\n".join(lines) + "\n"
+    return "\n".join(_with_help(lines)) + "\n"
+
+
+HELP = {
+    "crossway_gateway_requests_total": "Requests answered, by route and status class.",
+    "crossway_gateway_request_duration_seconds": "Request duration, by route.",
+    "crossway_gateway_retries_total": "Retries made, by route.",
+    "crossway_gateway_active_connections": "Client connections open now.",
+    "crossway_gateway_upstream_overloaded_total": "Requests refused by circuit breaking.",
+    "crossway_gateway_breaker_trips_total": "Times a service's breaker opened.",
+    "crossway_gateway_retry_budget_refused_total": "Retries the retry budget refused.",
+    "crossway_gateway_rate_limited_total": "Requests refused by a route's rate limit.",
+    "crossway_gateway_rate_limit_unavailable_total": "Rate-limit checks Redis could not answer.",
+    "crossway_gateway_upstream_requests_total": "Exchanges with each upstream address.",
+    "crossway_gateway_upstream_connections": "Upstream connections, open and idle.",
+}
+
+
+def _with_help(lines: list[str]) -> list[str]:
+    # promtool (and Prometheus's own lint) wants a HELP line for every family.
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("# TYPE "):
+            name = line.split(" ", 3)[2]
+            out.append(f"# HELP {name} {HELP.get(name, name)}")
+        out.append(line)
+    return out
 
 
 def _resilience_lines(stats: GatewayStats) -> list[str]:
@@ -161,14 +187,15 @@ def _histogram(route: str, cell: Cell) -> list[str]:
 
 
 def _pool_lines(gateway: Gateway) -> list[str]:
-    lines = [
-        "# TYPE crossway_gateway_upstream_requests_total counter",
-        "# TYPE crossway_gateway_upstream_connections gauge",
-    ]
-    for pool in gateway.pool.pools():
-        host, port = pool.address
-        label = f'upstream="{host}:{port}"'
-        lines.append(f"crossway_gateway_upstream_requests_total{{{label}}} {pool.acquired}")
+    # Each family's samples together, as the exposition format requires.
+    pools = [(f'upstream="{p.address[0]}:{p.address[1]}"', p) for p in gateway.pool.pools()]
+    lines = ["# TYPE crossway_gateway_upstream_requests_total counter"]
+    lines.extend(
+        f"crossway_gateway_upstream_requests_total{{{label}}} {pool.acquired}"
+        for label, pool in pools
+    )
+    lines.append("# TYPE crossway_gateway_upstream_connections gauge")
+    for label, pool in pools:
         lines.append(f'crossway_gateway_upstream_connections{{{label},state="open"}} {pool.active}')
         lines.append(f'crossway_gateway_upstream_connections{{{label},state="idle"}} {pool.idle}')
     return lines
