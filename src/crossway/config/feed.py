@@ -82,6 +82,11 @@ class ConfigFeed:
         self._waiters.setdefault(key, {})[future] = after
         return future
 
+    def latest(self, key: str) -> KeyValue | None:
+        """The newest key-value of `key` the feed has delivered (None when it
+        has seen no change of the key since it started or last lost track)."""
+        return self._seen.get(key)
+
     def unsubscribe(self, key: str, future: Waiter) -> None:
         waiters = self._waiters.get(key)
         if waiters is not None:

@@ -31,6 +31,17 @@ content and the unchanged index (as Consul does). A client that also sends
 `If-None-Match: <its ETag>` sleeps through changes that do not change what it
 is served (a beta for other labels) and gets 304 at the end of the wait.
 Waiting requests are woken by one shared watch (`ConfigFeed`), not one each.
+
+Push cost (one change wakes every client waiting on the key, so whatever a
+wake-up costs is paid a thousand times at once):
+- `GET …/{key}` is a raw ASGI endpoint: no Request/Response objects and no
+  Starlette wrappers between the wake-up and the socket.
+- A response is rendered once per (entry revision, served view): the header
+  list and body bytes are shared by every client served that view (they are
+  tuples and bytes, so nothing downstream can change them for the others).
+- The query string is parsed once per distinct string (clients at one index
+  send the same one), and a long poll whose index is the newest revision the
+  feed has delivered for the key parks without reading the store.
 """
 
 from __future__ import annotations
@@ -39,17 +50,20 @@ import asyncio
 import functools
 import random
 import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from crossway.config import bulk
 from crossway.config.center import Author, ConfigCenter, ContentTooLarge, Published
 from crossway.config.feed import ConfigFeed
-from crossway.config.formats import MEDIA_TYPES, choose_format, decode_text
+from crossway.config.formats import choose_format, decode_text
 from crossway.config.model import (
     ANONYMOUS,
     ENTRY_PREFIX,
@@ -63,6 +77,7 @@ from crossway.config.selector import parse_labels
 from crossway.config.view import Snapshot, View, etag_matches, resolve
 from crossway.core.clock import Clock
 from crossway.core.errors import InvalidArgument, NotFound
+from crossway.server.api._config_render import render
 from crossway.server.blocking import BlockingParams, blocking_query, jittered_wait
 from crossway.server.context import ServerContext
 from crossway.server.http import INDEX_HEADER, error_response, json_response, read_json
@@ -133,7 +148,7 @@ class ConfigApi:
             Route("/v1/config/{namespace}/_import", self.import_, methods=["POST"]),
             Route("/v1/config/{namespace}", self.list_groups, methods=["GET"]),
             Route("/v1/config/{namespace}/{group}", self.list_keys, methods=["GET"]),
-            Route(_KEY, self.get_entry, methods=["GET"]),
+            Route(_KEY, _AsgiEndpoint(self.get_entry), methods=["GET"]),
             Route(_KEY, self.put_entry, methods=["PUT"]),
             Route(_KEY, self.delete_entry, methods=["DELETE"]),
             Route(_KEY + "/history", self.history, methods=["GET"]),
@@ -179,21 +194,40 @@ class ConfigApi:
 
     # One entry.
 
-    async def get_entry(self, request: Request) -> Response:
-        r = _ref(request)
-        raw_version = request.query_params.get("version")
+    async def get_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_query: bytes = scope["query_string"]
+        query = _query(raw_query)
+        r = _ref_of(scope["path_params"])
+        raw_version = query.get("version")
         if raw_version is not None:
-            return await self._get_version(r, raw_version)
-        labels = _labels(request)
-        params = BlockingParams.parse(request.query_params)
-        snapshot = await self.center.read(r)
+            rendered = render(await self._get_version(r, raw_version))
+            await _send(send, 200, rendered.headers, rendered.body)
+            return
+        labels = _labels_of(_header(scope, _LABELS_KEY), query.get("labels", ""))
+        params = _blocking(raw_query)
+        if_none_match = _header(scope, b"if-none-match")
         if params.index is not None and params.wait > 0:
-            snapshot = await self._long_poll(request, r, labels, snapshot, params)
+            seen = self.feed.latest(r.entry_key)
+            if seen is not None and seen.mod_revision == params.index:
+                # The client holds the newest revision the feed has delivered:
+                # it waits either way, and the feed brings anything newer.
+                snapshot = _snapshot_of(seen)
+            else:
+                snapshot = await self.center.read(r)
+            snapshot = await self._long_poll(receive, r, labels, snapshot, params, if_none_match)
+        else:
+            snapshot = await self.center.read(r)
         view = resolve(snapshot, labels)
         if view is None:
             found = NotFound(f"{r} does not exist")
-            return error_response(found, headers={INDEX_HEADER: str(snapshot.index)})
-        return _content(view, request.headers.get("if-none-match"))
+            response = error_response(found, headers={INDEX_HEADER: str(snapshot.index)})
+            await response(scope, receive, send)
+            return
+        rendered = render(view)
+        if etag_matches(if_none_match, view.etag):
+            await _send(send, 304, rendered.not_modified, b"")
+        else:
+            await _send(send, 200, rendered.headers, rendered.body)
 
     async def put_entry(self, request: Request) -> Response:
         r = _ref(request)
@@ -274,11 +308,12 @@ class ConfigApi:
 
     async def _long_poll(
         self,
-        request: Request,
+        receive: Receive,
         r: ConfigRef,
-        labels: dict[str, str],
+        labels: Mapping[str, str],
         snapshot: Snapshot,
         params: BlockingParams,
+        if_none_match: str | None,
     ) -> Snapshot:
         """The snapshot to answer with: the first past `params.index` that
         changes what this client is served, or the latest when the wait ends,
@@ -293,8 +328,7 @@ class ConfigApi:
             return snapshot
         loop = asyncio.get_running_loop()
         deadline = loop.time() + jittered_wait(params.wait, random.random())
-        gone = asyncio.ensure_future(_disconnected(request))
-        if_none_match = request.headers.get("if-none-match")
+        gone = asyncio.ensure_future(_disconnected(receive))
 
         def over() -> bool:
             stopping = self._stopping is not None and self._stopping.is_set()
@@ -316,20 +350,67 @@ class ConfigApi:
         finally:
             gone.cancel()
 
-    async def _get_version(self, r: ConfigRef, raw_version: str) -> Response:
+    async def _get_version(self, r: ConfigRef, raw_version: str) -> View:
+        """The view of an old version; its index is the store's revision."""
         number = _int_param(raw_version, "version") or 0
         release = await self.center.version(r, number)
         if release.deleted:
             raise NotFound(f"version {number} of {r} is a deletion; it has no content")
-        view = View(release.content, release.format, number, release.md5, False, 0)
-        response = _content(view, None)
-        response.headers[INDEX_HEADER] = str(await self.center.store.revision())
-        return response
+        index = await self.center.store.revision()
+        return View(release.content, release.format, number, release.md5, False, index)
 
 
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class _AsgiEndpoint:
+    """A method as a raw ASGI endpoint (Starlette wraps a function or a bound
+    method in its request/response adapter; any other callable it calls as is)."""
+
+    def __init__(self, handle: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.handle = handle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handle(scope, receive, send)
+
+
+async def _send(
+    send: Send, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_LABELS_KEY = LABELS_HEADER.lower().encode("latin-1")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """A request header by its lower-case name (ASGI servers send them so)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _query(raw: bytes) -> QueryParams:
+    # Immutable, so one parse serves every client sending the same string.
+    return QueryParams(raw)
+
+
+@functools.lru_cache(maxsize=1024)
+def _blocking(raw: bytes) -> BlockingParams:
+    return BlockingParams.parse(_query(raw))
+
+
+@functools.lru_cache(maxsize=1024)
+def _labels_of(header: str | None, query: str) -> Mapping[str, str]:
+    labels = parse_labels(header or "", field=LABELS_HEADER)
+    labels.update(parse_labels(query, field="labels"))
+    return labels
 
 
 @functools.lru_cache(maxsize=256)
@@ -339,7 +420,10 @@ def _snapshot_of(kv: KeyValue) -> Snapshot:
 
 
 def _ref(request: Request) -> ConfigRef:
-    params = request.path_params
+    return _ref_of(request.path_params)
+
+
+def _ref_of(params: Mapping[str, str]) -> ConfigRef:
     return ref(params["namespace"], params["group"], params["key"])
 
 
@@ -352,12 +436,6 @@ def _author(request: Request, message: str | None = None) -> Author:
 def _header_text(request: Request, name: str) -> str | None:
     value = request.headers.get(name)
     return urllib.parse.unquote(value).strip() if value is not None else None
-
-
-def _labels(request: Request) -> dict[str, str]:
-    labels = parse_labels(request.headers.get(LABELS_HEADER, ""), field=LABELS_HEADER)
-    labels.update(parse_labels(request.query_params.get("labels", ""), field="labels"))
-    return labels
 
 
 def _if_match(request: Request) -> int | None:
@@ -391,43 +469,6 @@ async def _read_content(request: Request, limit: int) -> bytes:
             raise ContentTooLarge(f"content is over {limit} bytes, the most an entry holds")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _content(view: View, if_none_match: str | None) -> Response:
-    headers = _headers(view.index, view.md5, view.version, view.format, view.beta)
-    if etag_matches(if_none_match, view.etag):
-        return _Prepared(304, b"", list(headers[1:]))  # no content, so no content-type
-    body = view.content.encode("utf-8")
-    return _Prepared(200, body, [*headers, (b"content-length", b"%d" % len(body))])
-
-
-class _Prepared(Response):
-    """A response over a header list built once for every client served the
-    same view: one change wakes a thousand long polls, not a thousand encoders."""
-
-    def __init__(self, status: int, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        self.status_code = status
-        self.background = None
-        self.body = body
-        self.raw_headers = raw_headers
-
-
-@functools.lru_cache(maxsize=1024)
-def _headers(
-    index: int, md5: str, version: int, fmt: Format, beta: bool
-) -> tuple[tuple[bytes, bytes], ...]:
-    """content-type first, then the headers a 304 repeats too."""
-    pairs = [
-        ("content-type", f"{MEDIA_TYPES[fmt]}; charset=utf-8"),
-        ("etag", f'"{md5}"'),
-        (INDEX_HEADER.lower(), str(index)),
-        ("x-crossway-version", str(version)),
-        ("x-crossway-format", fmt),
-        ("cache-control", "no-cache"),
-    ]
-    if beta:
-        pairs.append(("x-crossway-beta", "true"))
-    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs)
 
 
 def _published(published: Published) -> Response:
