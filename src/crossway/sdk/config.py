@@ -17,10 +17,10 @@ Theory of operation
 - The entry is read as the config center serves it *to this instance*:
   `X-Crossway-Labels` carries the client's labels, so a gray release
   (beta) whose selector matches them is what gets bound.
-- Each version served is decoded by its format — YAML (every `---` document,
-  later mappings merged over earlier ones), JSON, TOML, or Java properties
-  with dotted keys nested (`db.pool=5` → `{"db": {"pool": "5"}}`, as
-  Spring binds them) — and validated by pydantic (lax mode, so "5" is an
+- Each version served is decoded by its format (config_versions.py) —
+  YAML (every `---` document, later mappings merged over earlier ones),
+  JSON, TOML, or Java properties with dotted keys nested (`db.pool=5` →
+  `{"db": {"pool": "5"}}`, as Spring binds them) — and validated by pydantic (lax mode, so "5" is an
   int). Plain text cannot be bound.
 - `Tracker` is the pure part: versions in, verdicts out. A version that does
   not decode or validate is REJECTED: logged with its version and the
@@ -57,29 +57,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
-import os
-import tempfile
-import tomllib
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import httpx2
-import msgspec
 import pydantic
-import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from crossway.config.model import DEFAULT_GROUP, FORMATS
-from crossway.config.properties import PropertiesError, parse_properties
 from crossway.core.errors import CrosswayError, NotFound
 from crossway.resilience.backoff import Backoff, Jitter
+from crossway.sdk.config_versions import (
+    DecodeError,
+    Offer,
+    Served,
+    Tracker,
+    Verdict,
+    decode_content,
+    deep_merge,
+    nest_dotted,
+    read_snapshot,
+    snapshot_path,
+    write_snapshot,
+)
 from crossway.sdk.control import INDEX_HEADER, ControlPlaneUnavailable, check, index_of
+
+__all__ = [
+    "LABELS_HEADER",
+    "LONG_POLL_WAIT",
+    "RECONNECT",
+    "BoundConfig",
+    "ChangeCallback",
+    "ConfigNotLoaded",
+    "ConfigRejected",
+    "DecodeError",
+    "Offer",
+    "Served",
+    "Tracker",
+    "Verdict",
+    "bind",
+    "bindings",
+    "decode_content",
+    "deep_merge",
+    "nest_dotted",
+    "read_snapshot",
+    "snapshot_path",
+    "start_bindings",
+    "stop_bindings",
+    "write_snapshot",
+]
 
 M = TypeVar("M")
 ChangeCallback = Callable[[M, M], Awaitable[None] | None]
@@ -91,7 +121,6 @@ LABELS_HEADER = "X-Crossway-Labels"
 LONG_POLL_WAIT = 30.0
 """Seconds one long poll may wait on the server (it adds up to 1/16 of jitter)."""
 RECONNECT = Backoff(base=0.1, cap=3.0, jitter=Jitter.EQUAL)
-_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigRejected(CrosswayError):
@@ -105,146 +134,6 @@ class ConfigNotLoaded(CrosswayError):
     """`value` was read before the binding was started."""
 
     code = "config_not_loaded"
-
-
-# -- decoding (pure) ---------------------------------------------------------------------
-
-
-class DecodeError(ValueError):
-    """Content that cannot be turned into data for the model."""
-
-
-def decode_content(content: str, fmt: str) -> Any:
-    """Python data for `content` in format `fmt`; `DecodeError` when it cannot be."""
-    try:
-        if fmt == "yaml":
-            return _merged_yaml(content)
-        if fmt == "json":
-            return json.loads(content)
-        if fmt == "toml":
-            return tomllib.loads(content)
-        if fmt == "properties":
-            return nest_dotted(parse_properties(content))
-    except (ValueError, yaml.YAMLError, PropertiesError, RecursionError) as exc:
-        raise DecodeError(f"content is not valid {fmt}: {exc}") from None
-    raise DecodeError(
-        f"a {fmt!r} entry cannot be bound; publish it as yaml, json, toml or properties"
-    )
-
-
-def _merged_yaml(content: str) -> Any:
-    documents = [d for d in yaml.load_all(content, Loader=_YAML_LOADER) if d is not None]
-    if not documents:
-        return {}
-    if len(documents) == 1:
-        return documents[0]
-    if not all(isinstance(d, dict) for d in documents):
-        raise DecodeError("a multi-document YAML stream must hold mappings only")
-    merged: dict[str, Any] = {}
-    for document in documents:
-        merged = deep_merge(merged, document)
-    return merged
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """`over` on top of `base`; nested mappings merge, anything else is replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        below = out.get(key)
-        if isinstance(below, Mapping) and isinstance(value, Mapping):
-            out[key] = deep_merge(below, value)
-        else:
-            out[key] = value
-    return out
-
-
-def nest_dotted(flat: Mapping[str, str]) -> dict[str, Any]:
-    """`{"a.b": "1", "c": "2"}` → `{"a": {"b": "1"}, "c": "2"}`; DecodeError when
-    one key is both a value and a section (`a=1` beside `a.b=2`)."""
-    root: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        *path, last = dotted.split(".")
-        node = root
-        for part in path:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise DecodeError(f"{dotted!r}: {part!r} is both a value and a section")
-            node = child
-        if isinstance(node.get(last), dict):
-            raise DecodeError(f"{dotted!r} is both a value and a section")
-        node[last] = value
-    return root
-
-
-# -- the tracker (pure) -------------------------------------------------------------------
-
-
-class Served(msgspec.Struct, frozen=True):
-    """One answer of the config center: what this instance is served (also
-    the failover copy's format on disk)."""
-
-    content: str
-    format: str
-    version: int
-    md5: str
-    beta: bool = False
-
-
-class Verdict(Enum):
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    UNCHANGED = "unchanged"
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """What offering one version did: the verdict, the values around it, and
-    for a rejection the reason."""
-
-    verdict: Verdict
-    old: Any = None
-    new: Any = None
-    error: str = ""
-
-
-class Tracker(Generic[M]):
-    """The current value of a binding and the version it came from; pure.
-
-    `offer(served)` decodes and validates; see the module header for the rules.
-    """
-
-    def __init__(self, adapter: pydantic.TypeAdapter[M]) -> None:
-        self.adapter = adapter
-        self.value: M | None = None
-        self.current: Served | None = None
-        """The version `value` came from (None: defaults, or nothing yet)."""
-        self.rejected = 0
-
-    @property
-    def loaded(self) -> bool:
-        return self.value is not None
-
-    def offer(self, served: Served) -> Offer:
-        if self.current is not None and served.md5 == self.current.md5 and self.loaded:
-            self.current = served  # the same content may come as beta, then promoted
-            return Offer(Verdict.UNCHANGED, self.value, self.value)
-        try:
-            new = self.adapter.validate_python(decode_content(served.content, served.format))
-        except (DecodeError, pydantic.ValidationError) as exc:
-            self.rejected += 1
-            return Offer(Verdict.REJECTED, self.value, self.value, str(exc))
-        old, self.value, self.current = self.value, new, served
-        return Offer(Verdict.ACCEPTED, old, new)
-
-    def defaults(self) -> M | None:
-        """The model built from no data, or None when some field has no default."""
-        try:
-            return self.adapter.validate_python({})
-        except pydantic.ValidationError:
-            return None
-
-    def use_defaults(self, value: M) -> None:
-        self.value, self.current = value, None
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -276,38 +165,6 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
     if found is None:
         found = _METRICS[registry] = _Metrics(registry)
     return found
-
-
-# -- the failover snapshot -------------------------------------------------------------------
-
-
-def snapshot_path(cache_dir: Path, namespace: str, group: str, key: str) -> Path:
-    return Path(cache_dir) / "config" / namespace / group / f"{key}.json"
-
-
-def write_snapshot(path: Path, served: Served) -> None:
-    """Atomically replace `path` (temp file, fsync, rename); blocking."""
-    data = msgspec.json.encode(served)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def read_snapshot(path: Path) -> Served | None:
-    """The saved version, or None when there is none or it is unreadable."""
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=Served)
-    except (OSError, msgspec.DecodeError):
-        return None
 
 
 # -- the binding -----------------------------------------------------------------------------
