@@ -2,28 +2,32 @@
 
 One run, on this machine, over loopback. The control plane under test is a
 subprocess (uvicorn on uvloop serving the config API and the SSE watch, as
-`crossway server` does); the clients live in this process:
+`crossway server` does). The HTTP clients are spread over CLIENT_PROCESSES
+client processes (250 each by default), so that parsing 1,000 responses in
+one Python process is not what is measured:
 
   (a) long poll, sqlite store: 1,000 httpx2 clients, each with a connection of
       its own, wait on `GET /v1/config/bench/DEFAULT_GROUP/app.yaml?index=N&wait=30s`;
-  (b) the same on an etcd store (a private etcd started here);
+  (b) long poll on an etcd store (a private etcd started here), minimal clients;
   (c) SSE watch, sqlite store: 1,000 httpx2 streams of `/v1/watch?prefix=<the key>`;
   (d) etcd itself: 1,000 watchers of one key through aetcd over WATCH_CHANNELS
-      gRPC channels, the value put straight into etcd;
+      gRPC channels in this process, the value put straight into etcd;
   (e) long poll, sqlite store, with minimal raw-socket HTTP/1.1 clients: the
       server's own push time, without httpx2's per-response cost.
 
-Each round: wait until every client is parked, start the clock just before
-the write (`PUT` over HTTP; an etcd put for d), stop it in each client as it
-holds the new value. "last" is the time until the LAST client holds it — what
-a config push is judged by — as p50/p99 over the rounds; "each" is p50/p99
+Each round: wait until every client is parked, take the wall clock
+(`time.time()`) just before the write (`PUT` over HTTP; an etcd put for d);
+each client notes the wall clock when it holds the new value, in whichever
+process it lives. "last" is the time until the LAST client holds it — what a
+config push is judged by — as p50/p99 over the rounds; "each" is p50/p99
 over every (round, client) pair. ROUNDS rounds after a warm-up, each capped at
 ROUND_CAP seconds; rows that would run past TOTAL_CAP are skipped and said so.
 
 Caveats, stated rather than hidden: the clients and the server share this
 machine's cores with whatever else runs on it, so the figures move from run
-to run; the clients' own work (1,000 HTTP responses parsed in one Python
-process) is inside (a)-(c), as decoding 1,000 watch events is inside (d).
+to run; the clients' own work (parsing the responses) is inside every row,
+spread over the client processes, as decoding 1,000 watch events is inside
+(d). "cli cpu" sums the CPU of every client process over a round.
 Target: (a) p99 of "last" <= 200 ms (Apollo documents about 1 s).
 Numbers, not a test: nothing fails on them.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +55,7 @@ from crossway.testing.services import free_port, port_open
 T = TypeVar("T")
 CLIENTS = 1_000
 ROUNDS = 6
+CLIENT_PROCESSES = int(os.environ.get("CONFIG_BENCH_CLIENT_PROCESSES", "4"))
 ROUND_CAP = 10.0
 SETTLE = 0.3
 TOTAL_CAP = 95.0
@@ -57,6 +63,7 @@ WATCH_CHANNELS = 20
 PATH = "/v1/config/bench/DEFAULT_GROUP/app.yaml"
 ENTRY_KEY = "/config/bench/DEFAULT_GROUP/app.yaml"
 TARGET_MS = 200.0
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -91,7 +98,8 @@ def _pct(values: list[float], p: int) -> float:
 
 class Client(Protocol):
     arrived: dict[str, float]
-    """Content -> when this client first held it (perf_counter)."""
+    """Content -> when this client first held it (time.time(), comparable
+    across processes)."""
     parked: asyncio.Event
 
     async def run(self) -> None: ...
@@ -159,8 +167,7 @@ def _run_on_uvloop(main: Callable[[], Awaitable[T]]) -> T:
 def control_plane(store_kind: str, where: str) -> Iterator[Plane]:
     port = free_port()
     code = f"from bench.config_bench import serve; serve({port}, {store_kind!r}, {where!r})"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=root)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     try:
         deadline = time.monotonic() + 20
         while not port_open("127.0.0.1", port):
@@ -201,7 +208,7 @@ class LongPoller:
                 # client too busy to ask again in time reconnects, as real ones do.
                 self.reconnects += 1
                 continue
-            now = time.perf_counter()
+            now = time.time()
             self.parked.clear()
             self.arrived.setdefault(response.text, now)
             self.index = int(response.headers["x-crossway-index"])
@@ -229,7 +236,7 @@ class SseWatcher:
             self.parked.set()
             async for line in stream.aiter_lines():
                 if line.startswith("data: "):
-                    self._take(line[6:], time.perf_counter())
+                    self._take(line[6:], time.time())
 
     def _take(self, data: str, now: float) -> None:
         event = msgspec.json.decode(data)
@@ -262,7 +269,7 @@ class RawPoller:
                 line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if line
             )
             body = await reader.readexactly(int(fields["content-length"]))
-            now = time.perf_counter()
+            now = time.time()
             self.parked.clear()
             self.arrived.setdefault(body.decode(), now)
             self.index = int(fields["x-crossway-index"])
@@ -283,10 +290,170 @@ class EtcdWatcher:
         watch = await self.client.watch(self.key)  # type: ignore[attr-defined]
         self.parked.set()
         async for event in watch:
-            self.arrived.setdefault(event.kv.value.decode(), time.perf_counter())
+            self.arrived.setdefault(event.kv.value.decode(), time.time())
 
     async def aclose(self) -> None:
         return None
+
+
+# Fleets: the clients of one row, in this process or spread over several.
+
+
+class Fleet(Protocol):
+    async def park(self) -> None:
+        """Return once every client has its request (or stream) in flight."""
+
+    async def collect(self, body: str) -> tuple[list[float], float]:
+        """When each client that got `body` within ROUND_CAP got it
+        (time.time()), and the clients' CPU ms since `park` returned."""
+
+    async def aclose(self) -> None: ...
+
+
+class LocalFleet:
+    """Clients running as tasks of this process."""
+
+    def __init__(self, clients: list[Client]) -> None:
+        self.clients = clients
+        self.tasks = [asyncio.create_task(c.run()) for c in clients]
+        self._cpu = 0.0
+
+    async def park(self) -> None:
+        parked = (c.parked.wait() for c in self.clients)
+        await asyncio.wait_for(asyncio.gather(*parked), ROUND_CAP)
+        failed = [t for t in self.tasks if t.done()]
+        if failed:
+            raise RuntimeError(f"{len(failed)} clients failed: {failed[0].exception()!r}")
+        self._cpu = time.process_time()
+
+    async def collect(self, body: str) -> tuple[list[float], float]:
+        deadline = time.monotonic() + ROUND_CAP
+        while any(body not in c.arrived for c in self.clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        arrived = [c.arrived[body] for c in self.clients if body in c.arrived]
+        return arrived, (time.process_time() - self._cpu) * 1000
+
+    async def aclose(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for client in self.clients:
+            await client.aclose()
+
+    def reconnects(self) -> int:
+        return sum(getattr(c, "reconnects", 0) for c in self.clients)
+
+
+class Reply(msgspec.Struct):
+    """A client process's answer to one command."""
+
+    arrived: list[float] = []
+    cpu_ms: float = 0.0
+    reconnects: int = 0
+    error: str | None = None
+
+
+class ProcessFleet:
+    """`count` clients of one kind in each of `processes` subprocesses, driven
+    over their stdin/stdout one JSON line at a time (see `client_process`)."""
+
+    def __init__(self, processes: list[asyncio.subprocess.Process]) -> None:
+        self.processes = processes
+        self.reconnect_count = 0
+
+    @classmethod
+    async def start(
+        cls, kind: str, url: str, index: int, total: int, processes: int
+    ) -> ProcessFleet:
+        started = []
+        for i in range(processes):
+            count = total // processes + (1 if i < total % processes else 0)
+            call = f"client_process({kind!r}, {url!r}, {index}, {count})"
+            code = f"from bench.config_bench import client_process; {call}"
+            started.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-c",
+                    code,
+                    cwd=ROOT,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            )
+        return cls(started)
+
+    async def _ask(self, command: dict[str, object]) -> list[Reply]:
+        line = json.dumps(command).encode() + b"\n"
+        for process in self.processes:
+            assert process.stdin is not None
+            process.stdin.write(line)
+
+        async def answer(process: asyncio.subprocess.Process) -> Reply:
+            assert process.stdout is not None
+            raw = await asyncio.wait_for(process.stdout.readline(), ROUND_CAP + 30)
+            if not raw:
+                raise RuntimeError(
+                    f"client process {process.pid} ended (exit {process.returncode})"
+                )
+            reply = msgspec.json.decode(raw, type=Reply)
+            if reply.error is not None:
+                raise RuntimeError(f"client process {process.pid}: {reply.error}")
+            return reply
+
+        return list(await asyncio.gather(*(answer(p) for p in self.processes)))
+
+    async def park(self) -> None:
+        await self._ask({"park": True})
+
+    async def collect(self, body: str) -> tuple[list[float], float]:
+        replies = await self._ask({"collect": body})
+        self.reconnect_count = sum(r.reconnects for r in replies)
+        return [t for r in replies for t in r.arrived], sum(r.cpu_ms for r in replies)
+
+    async def aclose(self) -> None:
+        for process in self.processes:
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+    def reconnects(self) -> int:
+        return self.reconnect_count
+
+
+def client_process(kind: str, url: str, index: int, count: int) -> None:
+    """Entry point of a client subprocess: `count` clients of `kind`, and a
+    loop answering the driver's JSON lines on stdin with JSON lines on stdout."""
+    _run_on_uvloop(lambda: _drive_clients(kind, url, index, count))
+
+
+async def _drive_clients(kind: str, url: str, index: int, count: int) -> None:
+    ssl = httpx2.create_ssl_context()
+    kinds: dict[str, type[LongPoller | SseWatcher | RawPoller]] = {
+        "httpx2": LongPoller,
+        "sse": SseWatcher,
+        "raw": RawPoller,
+    }
+    clients: list[Client] = [kinds[kind](url, index, ssl) for _ in range(count)]
+    fleet = LocalFleet(clients)
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    try:
+        while line := await commands.readline():
+            command = json.loads(line)
+            try:
+                if "park" in command:
+                    await fleet.park()
+                    reply = Reply()
+                else:
+                    arrived, cpu_ms = await fleet.collect(command["collect"])
+                    reply = Reply(arrived, cpu_ms, fleet.reconnects())
+            except Exception as exc:
+                reply = Reply(error=repr(exc)[:200])
+            sys.stdout.buffer.write(msgspec.json.encode(reply) + b"\n")
+            sys.stdout.flush()
+    finally:
+        await fleet.aclose()
 
 
 # Rounds.
@@ -294,72 +461,60 @@ class EtcdWatcher:
 
 async def measure(
     name: str,
-    clients: list[Client],
+    fleet: Fleet,
+    size: int,
     write: Callable[[bytes], Awaitable[object]],
     server_cpu: Callable[[], float] | None = None,
 ) -> Result:
     result = Result(name)
-    tasks = [asyncio.create_task(c.run()) for c in clients]
     try:
         for n in range(ROUNDS + 1):
-            await _round(n, clients, tasks, write, result, server_cpu)
+            await _round(n, fleet, size, write, result, server_cpu)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for client in clients:
-            await client.aclose()
+        await fleet.aclose()
     return result
 
 
 async def _round(
     n: int,
-    clients: list[Client],
-    tasks: list[asyncio.Task[None]],
+    fleet: Fleet,
+    size: int,
     write: Callable[[bytes], Awaitable[object]],
     result: Result,
     server_cpu: Callable[[], float] | None,
 ) -> None:
-    await asyncio.wait_for(asyncio.gather(*(c.parked.wait() for c in clients)), ROUND_CAP)
+    await fleet.park()
     await asyncio.sleep(SETTLE)  # let every request reach the server and park there
-    failed = [t for t in tasks if t.done()]
-    if failed:
-        raise RuntimeError(f"{len(failed)} clients failed: {failed[0].exception()!r}")
     body = f"round: {n}\n"
-    cpu = (server_cpu() if server_cpu else 0.0, time.process_time())
-    start = time.perf_counter()
+    cpu = server_cpu() if server_cpu else 0.0
+    start = time.time()
     await write(body.encode())
-    deadline = time.monotonic() + ROUND_CAP
-    while any(body not in c.arrived for c in clients) and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-    times = [(c.arrived[body] - start) * 1000 for c in clients if body in c.arrived]
+    arrived, client_cpu_ms = await fleet.collect(body)
     if n == 0:
         return  # warm-up
-    result.client_cpu_ms.append((time.process_time() - cpu[1]) * 1000)
+    times = [(t - start) * 1000 for t in arrived]
+    result.client_cpu_ms.append(client_cpu_ms)
     if server_cpu is not None:
-        result.server_cpu_ms.append((server_cpu() - cpu[0]) * 1000)
-    result.missed += len(clients) - len(times)
+        result.server_cpu_ms.append((server_cpu() - cpu) * 1000)
+    result.missed += size - len(times)
     result.each_ms += times
     if times:
         result.last_ms.append(max(times))
 
 
-async def over_http(
-    name: str, plane: Plane, kind: type[LongPoller | SseWatcher | RawPoller]
-) -> Result:
-    ssl = httpx2.create_ssl_context()
+async def over_http(name: str, plane: Plane, kind: str) -> Result:
     async with httpx2.AsyncClient(base_url=plane.url) as writer:
         first = await writer.put(PATH, content=b"round: -1\n")
         index = int(first.json()["revision"])
-        clients: list[Client] = [kind(plane.url, index, ssl) for _ in range(CLIENTS)]
+        fleet = await ProcessFleet.start(kind, plane.url, index, CLIENTS, CLIENT_PROCESSES)
 
         def write(body: bytes) -> Awaitable[object]:
             return writer.put(PATH, content=body)
 
-        result = await measure(name, clients, write, plane.cpu)
-        reconnects = sum(getattr(c, "reconnects", 0) for c in clients)
-        if reconnects:
-            result.name += f" ({reconnects} reconnects)"
+        result = await measure(name, fleet, CLIENTS, write, plane.cpu)
+        result.name += f", {CLIENT_PROCESSES} client processes"
+        if fleet.reconnects():
+            result.name += f" ({fleet.reconnects()} reconnects)"
         return result
 
 
@@ -374,7 +529,8 @@ async def etcd_watch(endpoint: str) -> Result:
             EtcdWatcher(channels[i % WATCH_CHANNELS], key) for i in range(CLIENTS)
         ]
         name = f"(d) etcd watch, aetcd, {WATCH_CHANNELS} channels"
-        return await measure(name, clients, lambda body: channels[0].put(key, body))
+        fleet = LocalFleet(clients)
+        return await measure(name, fleet, CLIENTS, lambda body: channels[0].put(key, body))
     finally:
         for channel in channels:
             await channel.close()
@@ -400,14 +556,14 @@ async def _run_all(etcd: EtcdProcess | None) -> list[Result]:
         tempfile.TemporaryDirectory(prefix="crossway-config-bench-") as data,
         control_plane("sqlite", data) as plane,
     ):
-        await row("(a) long poll, sqlite", lambda n: over_http(n, plane, LongPoller))
-        await row("(c) SSE watch, sqlite", lambda n: over_http(n, plane, SseWatcher))
-        await row("(e) long poll, sqlite, raw clients", lambda n: over_http(n, plane, RawPoller))
+        await row("(a) long poll, sqlite, httpx2", lambda n: over_http(n, plane, "httpx2"))
+        await row("(c) SSE watch, sqlite, httpx2", lambda n: over_http(n, plane, "sse"))
+        await row("(e) long poll, sqlite, raw clients", lambda n: over_http(n, plane, "raw"))
     if etcd is None:
         results.append(Result("(b), (d)", note="skipped: etcd is not installed"))
         return results
     with control_plane("etcd", etcd.endpoint) as plane:
-        await row("(b) long poll, etcd store", lambda n: over_http(n, plane, LongPoller))
+        await row("(b) long poll, etcd store, raw clients", lambda n: over_http(n, plane, "raw"))
     await row("(d) etcd watch", lambda n: etcd_watch(etcd.endpoint))
     return results
 
