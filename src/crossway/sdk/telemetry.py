@@ -166,8 +166,8 @@ class ServiceTelemetry:
         trace's id (None under a parent: the caller draws it)."""
         if parent is None:
             sampled = self.sampler.sample_new()
-            ids = f"{_random_ids():048x}"
-            return (f"00-{ids[:32]}-", _NEW_FLAGS[sampled]), None, sampled, ids[32:]
+            parts, first_span_id = new_trace_parts(sampled)
+            return parts, None, sampled, first_span_id
         flags = parent.flags & (SAMPLED | RANDOM_TRACE_ID)
         parts = (f"00-{parent.trace_id}-", f"-{flags:02x}")
         return parts, parent.span_id, parent.sampled, None
@@ -232,6 +232,13 @@ class ServiceTelemetry:
         if text is None:
             text = self._statuses[status] = str(status)
         return text
+
+
+def new_trace_parts(sampled: bool) -> tuple[TraceParts, str]:
+    """(traceparent parts, first span id) of a new trace: the trace id and
+    the first span id come from one random draw."""
+    ids = f"{_random_ids():048x}"
+    return (f"00-{ids[:32]}-", _NEW_FLAGS[sampled]), ids[32:]
 
 
 def _random_ids() -> int:

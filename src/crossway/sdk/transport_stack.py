@@ -45,7 +45,12 @@ from crossway.sdk.policies import (
     build_outlier,
     build_retries,
 )
-from crossway.sdk.telemetry import CALLER_HEADER, ROUTE_EXTENSION, ServiceTelemetry
+from crossway.sdk.telemetry import (
+    CALLER_HEADER,
+    ROUTE_EXTENSION,
+    ServiceTelemetry,
+    new_trace_parts,
+)
 from crossway.sdk.transport_flavor import Flavor
 from crossway.telemetry.tracecontext import (
     TRACEPARENT,
@@ -205,6 +210,9 @@ class ServiceStack:
         if parent is not None and parent.tracestate:
             self._flavor.set_header(headers, _TRACESTATE, format_tracestate(parent.tracestate))
         if telemetry is None:
+            if parent is None:
+                parts, first = new_trace_parts(True)
+                return CallState(request, retry, parts, None, False, first)
             return CallState(request, retry, child_traceparent_parts(parent))
         parts, parent_id, sampled, first_span_id = telemetry.trace_parts(parent)
         return CallState(request, retry, parts, parent_id, sampled, first_span_id)
