@@ -166,7 +166,7 @@ class _Host:
 class OutlierDetector:
     """Ejects endpoints that fail; see the module header."""
 
-    __slots__ = ("_clock", "_config", "_deadline", "_frozen", "_hosts", "_next_sweep", "_rng")
+    __slots__ = ("_clock", "_config", "_frozen", "_hosts", "_next_sweep", "_rng", "next_change")
 
     def __init__(
         self,
@@ -180,7 +180,10 @@ class OutlierDetector:
         self._rng = rng or random.Random()
         self._hosts: dict[str, _Host] = {}
         self._next_sweep = self._clock.now() + self._config.interval
-        self._deadline = self._next_sweep
+        self.next_change = self._next_sweep
+        """Before this clock time only `record` and `update` change `ejected()`
+        (a sweep or an ejection's end falls due at it): callers may skip
+        asking until then."""
         self._frozen: frozenset[str] | None = frozenset()
 
     @property
@@ -263,7 +266,7 @@ class OutlierDetector:
         host.ejected_until = now + min(cfg.base_ejection_time * host.multiplier, cap)
         host.reset_counters()
         self._frozen = None
-        self._deadline = min(self._deadline, host.ejected_until)
+        self.next_change = min(self.next_change, host.ejected_until)
         return True
 
     # -- time ---------------------------------------------------------------
@@ -271,7 +274,7 @@ class OutlierDetector:
     def _advance(self, now: float | None) -> float:
         if now is None:
             now = self._clock.now()
-        if now >= self._deadline:
+        if now >= self.next_change:
             self._catch_up(now)
             self._expire(now)
             self._reschedule()
@@ -279,7 +282,7 @@ class OutlierDetector:
 
     def _reschedule(self) -> None:
         until = [h.ejected_until for h in self._hosts.values() if h.ejected_until is not None]
-        self._deadline = min([self._next_sweep, *until])
+        self.next_change = min([self._next_sweep, *until])
 
     def _expire(self, now: float) -> None:
         for host in self._hosts.values():

@@ -118,7 +118,10 @@ class Cluster:
         self, policy: str, key: bytes | str | None = None, now: float | None = None
     ) -> Endpoint | None:
         """`now` (the clock's time, read by the caller) saves a clock read."""
-        self._sync_ejected(now)  # an ejection may have expired
+        outlier = self.outlier
+        # An ejection may have expired (`record` and `update` sync themselves).
+        if outlier is not None and (now is None or now >= outlier.next_change):
+            self._sync_ejected(now)
         balancer = self._balancers.get(policy)
         if balancer is None:
             balancer = self.balancer(policy)
@@ -130,8 +133,10 @@ class Cluster:
         if outlier is not None:
             if now is None:
                 now = self._clock.now()
+            due = now >= outlier.next_change
             outlier.record(endpoint_id, outcome, now)
-            self._sync_ejected(now)
+            if due or outcome is not Outcome.SUCCESS:  # a success ejects nobody
+                self._sync_ejected(now)
 
     def _sync_ejected(self, now: float | None = None) -> None:
         ejected = self.outlier.ejected(now) if self.outlier is not None else _NONE

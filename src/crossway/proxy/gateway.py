@@ -11,7 +11,8 @@
 #   1. `config.table.match(...)`  -> 404 `no_route` when nothing matches;
 #      the route's rate limit, if any (ratelimit.py) -> 429 `rate_limited`
 #   2. `decide(...)` (routes/actions.py, pure) -> a local answer, a fault
-#      delay, or a backend service and upstream path
+#      delay, or a backend service and upstream path (skipped for a route
+#      whose decision cannot vary: one backend, the request as sent)
 #   3. the service's circuit breaking, if its call policy has any
 #      (overload.py) -> 503 `upstream_overloaded` / `breaker_open`
 #   4. `Clusters.pick(service, balancer)` -> 503 `no_healthy_upstream`
@@ -74,7 +75,7 @@ from crossway.proxy.routes.actions import (
     response_headers,
 )
 from crossway.proxy.routes.config import GatewayConfig
-from crossway.proxy.routes.model import Duration, Route, seconds
+from crossway.proxy.routes.model import Backend, Duration, Route, seconds
 from crossway.proxy.routes.table import CompiledRoute, Match
 from crossway.proxy.stream import ClientBodyError, Stream
 from crossway.proxy.telemetry import GatewayTelemetry
@@ -181,6 +182,38 @@ class Gateway:
             plan = self._plan(match)
         if plan.limit is not None:
             await self._admit(plan.limit, stream)
+        if plan.plain is not None:  # the decision is known: skip `decide`
+            service = plan.plain.service
+            target = head.target
+            if not query and target.endswith(b"?"):
+                target = path.encode("latin-1")  # as a decided unchanged path is sent
+        else:
+            service, target = await self._decide(
+                stream, match, outcome, (method, host, path, query), headers
+            )
+            if not service:
+                return  # answered locally
+        _check_body_limit(stream, match.route.route)
+        if self.guards.get(service) is None:  # no circuit breaking: one coroutine less
+            outcome.status = await self._attempts(
+                stream, match, plan, service, target, None, outcome
+            )
+        else:
+            outcome.status = await self._forward(stream, match, plan, service, target, outcome)
+
+    async def _decide(
+        self,
+        stream: Stream,
+        match: Match,
+        outcome: _Outcome,
+        request: tuple[str, str, str, str],
+        headers: HeaderView,
+    ) -> tuple[str, bytes]:
+        """The route's actions for this request (`request`: method, host,
+        path, query): the service and target to forward to, or ("", b"")
+        once answered locally."""
+        head = stream.head
+        method, host, path, query = request
         decision = decide(
             match.route.actions,
             match.captures,
@@ -197,7 +230,7 @@ class Gateway:
         if decision.local is not None:
             outcome.status = decision.local.status
             stream.send_local(_local(decision.local))
-            return
+            return "", b""
         assert decision.backend is not None
         if decision.path is path and (query or not head.target.endswith(b"?")):
             target = head.target  # not rewritten: what the client sent, unchanged
@@ -205,14 +238,7 @@ class Gateway:
             target = (decision.path + ("?" + query if query else "")).encode("latin-1")
         if decision.mirror is not None and not head.has_body:
             self._mirror(stream, decision.mirror, match.route.route, target)
-        service = decision.backend.service
-        _check_body_limit(stream, match.route.route)
-        if self.guards.get(service) is None:  # no circuit breaking: one coroutine less
-            outcome.status = await self._attempts(
-                stream, match, plan, service, target, None, outcome
-            )
-        else:
-            outcome.status = await self._forward(stream, match, plan, service, target, outcome)
+        return decision.backend.service, target
 
     async def _admit(self, limit: RouteLimit, stream: Stream) -> None:
         try:
@@ -347,7 +373,8 @@ class Gateway:
         if cluster.max_connections is not None:  # endpoints discovered since the swap
             address = (endpoint.address, endpoint.port)
             self.pool.endpoint(address).limit_connections(cluster.max_connections)
-        with cluster.balancer(route.balancer).begin(endpoint) as call:
+        call = cluster.balancer(route.balancer).begin(endpoint)
+        try:  # what a `with` block did, without its __enter__/__exit__ calls
             try:
                 status = await forward(
                     stream,
@@ -374,6 +401,9 @@ class Gateway:
             cluster.record(endpoint.id, Outcome.from_status(status), ended)
             call.end(ok=status < 500, now=ended)
             return status
+        except BaseException:
+            call.end(ok=False)  # the time spent still counts as an observation
+            raise
 
     def _mirror(self, stream: Stream, service: str, route: Route, target: bytes) -> None:
         """Send a copy to the shadow service; its answer and failures are ignored."""
@@ -408,6 +438,7 @@ class Gateway:
             per_try=_seconds(per_try) if per_try is not None else None,
             budgets=self._budgets(route),
             limit=self.limits.limit(match.route.name, route),
+            plain=_plain_backend(match.route.actions),
         )
         self._plans[match.route] = plan
         return plan
@@ -510,6 +541,22 @@ def _retry_statuses(route: Route) -> frozenset[int]:
     return frozenset(statuses)
 
 
+def _plain_backend(actions: RouteActions) -> Backend | None:
+    """See `_RoutePlan.plain`."""
+    backends = actions.split.backends
+    varies = (
+        actions.cors is not None
+        or actions.fault is not None
+        or actions.redirect is not None
+        or actions.direct is not None
+        or actions.mirror is not None
+        or actions.header_routes
+        or actions.rewrite_parts is not None
+        or actions.rewrite_prefix is not None
+    )
+    return backends[0] if len(backends) == 1 and not varies else None
+
+
 def _check_body_limit(stream: Stream, route: Route) -> None:
     limit = route.max_request_bytes
     length = stream.head.content_length
@@ -538,6 +585,10 @@ class _RoutePlan(NamedTuple):
     per_try: float | None
     budgets: dict[str, RetryGate]
     limit: RouteLimit | None
+    plain: Backend | None
+    """The one backend when the route's decision never varies (no CORS,
+    fault, redirect, direct answer, mirror, header routes or rewrite, one
+    backend): the request is forwarded to it as sent, without `decide`."""
 
 
 _MAX_PLANS = 4096
