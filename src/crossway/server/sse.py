@@ -22,6 +22,7 @@ Wire format of one store event (`text/event-stream`):
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,9 +64,18 @@ def encode_batch(events: Sequence[Event]) -> bytes:
     for i, event in enumerate(events):
         revision = event.kv.mod_revision
         last_of_revision = i + 1 == len(events) or events[i + 1].kv.mod_revision != revision
-        event_id = revision if last_of_revision else None
-        out += frame(event=event.type.value, data=event_data(event), event_id=event_id)
+        out += _event_frame(event, last_of_revision)
     return bytes(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _event_frame(event: Event, with_id: bool) -> bytes:
+    # Every stream watching a key gets the same event (the same object from a
+    # local store's hub, an equal one from etcd): a change pushed to a
+    # thousand streams is framed once, not a thousand times. Small, as a value
+    # may be large and only the newest events are being fanned out.
+    event_id = event.kv.mod_revision if with_id else None
+    return frame(event=event.type.value, data=event_data(event), event_id=event_id)
 
 
 def comment(text: str) -> bytes:

@@ -22,7 +22,8 @@ from crossway.config.formats import MEDIA_TYPES
 from crossway.config.view import View
 from crossway.server.http import INDEX_HEADER
 
-CACHE_SIZE = 1024
+CACHE_SIZE = 64
+"""Small: an entry may hold up to 512 KiB, and a push fans out one or two views."""
 
 Headers = tuple[tuple[bytes, bytes], ...]
 

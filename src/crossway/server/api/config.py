@@ -416,7 +416,7 @@ def _labels_of(header: str | None, query: str) -> Mapping[str, str]:
     return labels
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _snapshot_of(kv: KeyValue) -> Snapshot:
     # Every waiter woken by one change gets the same key-value: decode it once.
     return Snapshot(decode_entry(kv.value), kv.mod_revision)
