@@ -94,7 +94,7 @@ class AsyncCore(_Core):
     """The async transport logic, shared by the httpx2 and httpx adapters."""
 
     async def handle_async_request(self, request: Any) -> Any:
-        """Send `request`; see the module header for what happens to it.
+        """Send `request`; see transport.py's module header for what happens to it.
 
         Raises what the inner transport raises (after retries), and
         `NoInstancesError`, `CircuitOpenError`, `BulkheadFullError` or

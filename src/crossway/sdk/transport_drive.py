@@ -40,7 +40,7 @@ from crossway.sdk.transport_stack import CallState, ServiceStack
 def fold_async(
     stack: ServiceStack, send: Callable[[Any], Awaitable[Any]]
 ) -> Callable[[Any], Awaitable[Any]]:
-    """The call function for this stack over an async `send`; see the header."""
+    """The call function of `stack` over an async `send`; see the module header."""
     # Bound once: this closure is the per-attempt hot path.
     prepare, answered, failed = stack.prepare, stack.answered, stack.failed
     observe = stack.observe if stack.telemetry is not None else None
