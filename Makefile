@@ -41,8 +41,8 @@ $(DASHBOARD_STAMP): $(DASHBOARD_SRC)
 	@touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy --strict src/
 
 bench: $(STAMP)
