@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import httpx2
 import pytest
 
 from crossway.config import Author, ConfigCenter, ConfigFeed, ref
@@ -74,3 +75,23 @@ async def test_feed_latest_is_the_newest_delivered_change(
     latest = feed.latest(r.entry_key)
     assert latest is not None
     assert latest.mod_revision == published.revision
+
+
+async def test_chained_long_polls_each_wake_on_the_next_change(
+    client: httpx2.AsyncClient, namespace: str
+) -> None:
+    # From the second poll on, the index is the newest revision the feed has
+    # delivered, so the poll parks without reading the store first.
+    url = f"/v1/config/{namespace}/DEFAULT_GROUP/chain.yaml"
+    first = await client.put(url, content=b"v: 0\n")
+    index = first.json()["revision"]
+    for n in range(1, 4):
+        poll = asyncio.create_task(client.get(url, params={"index": index, "wait": "20s"}))
+        await asyncio.sleep(0.05)
+        assert not poll.done()
+        published = await client.put(url, content=f"v: {n}\n".encode())
+        answer = await asyncio.wait_for(poll, 10)
+        assert answer.status_code == 200
+        assert answer.text == f"v: {n}\n"
+        index = int(answer.headers["x-crossway-index"])
+        assert index == published.json()["revision"]
