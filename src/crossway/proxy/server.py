@@ -308,7 +308,7 @@ class Http1Protocol(asyncio.Protocol):
                         self._last_active = self._clock.now()
                     if not stream.response_started or not stream.body_done:
                         self.must_close = True
-                else:
+                elif type(event) is not EndOfRequest:  # a bodiless request's end: nothing to do
                     self._dispatch(event)
         except ConnectionError:
             self.must_close = True
