@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -183,3 +184,46 @@ async def test_self_preservation_keeps_instances_through_a_mass_lapse(
     assert sorted(i.id for i in registry.discover("orders").instances) == sorted(
         f"o-{i}" for i in range(15)
     )
+
+
+async def test_blocked_waits_wake_on_their_service_time_out_and_leave_nothing_behind(
+    registry: Registry,
+) -> None:
+    catalog = registry.catalog
+    await registry.register("orders", "o-1", reg())
+    index = catalog.service_index("orders")
+
+    def orders() -> int:
+        return catalog.service_index("orders")
+
+    woken = [
+        asyncio.ensure_future(catalog.wait_change(orders, index, 5.0, service="orders"))
+        for _ in range(50)
+    ]
+    other = asyncio.ensure_future(catalog.wait_change(orders, index, 0.2, service="orders"))
+    await asyncio.sleep(0.05)
+    await registry.register("payments", "p-1", reg())  # another service: nobody wakes
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in woken)
+    await registry.register("orders", "o-2", reg())
+    await asyncio.wait_for(asyncio.gather(*woken), 2.0)
+    assert other.done()  # woken with the others (its deadline had not come)
+    # A wait that times out, and one that is cancelled, leave no waiter behind.
+    await catalog.wait_change(orders, orders(), 0.05, service="orders")
+    cancelled = asyncio.ensure_future(catalog.wait_change(orders, orders(), 5.0, service="orders"))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert not catalog._service_waiters.get("orders")
+
+
+async def test_release_all_answers_blocked_waits_at_once_and_later_ones_too(
+    registry: Registry,
+) -> None:
+    catalog = registry.catalog
+    blocked = [asyncio.ensure_future(catalog.wait_change(lambda: 0, 0, 30.0)) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    catalog.release_all()
+    await asyncio.wait_for(asyncio.gather(*blocked), 1.0)
+    await asyncio.wait_for(catalog.wait_change(lambda: 0, 0, 30.0, service="x"), 1.0)

@@ -68,7 +68,13 @@ class Catalog:
         self.revision = 0
         self.modified = 0
         self._changed = asyncio.Event()
-        self._service_changed: dict[str, asyncio.Event] = {}
+        # Blocked queries: one bare future each, settled by a change (of their
+        # service, or of anything), their deadline, or `release_all`. A
+        # thousand of them woken by one change cost a future each, not the
+        # tasks and timeouts of asyncio.wait_for.
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._service_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._released = False
         self._touched: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
@@ -82,6 +88,7 @@ class Catalog:
         self._task = asyncio.get_running_loop().create_task(self._follow())
 
     async def stop(self) -> None:
+        self.release_all()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -203,11 +210,25 @@ class Catalog:
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        waiters, self._waiters = self._waiters, set()
+        for future in waiters:
+            _settle(future)
         for service in self._touched:
-            event = self._service_changed.pop(service, None)
-            if event is not None:
-                event.set()
+            for future in self._service_waiters.pop(service, ()):
+                _settle(future)
         self._touched.clear()
+
+    def release_all(self) -> None:
+        """Answer every blocked query now, and every later one at once (the
+        server is shutting down: nobody should wait out their `wait`)."""
+        self._released = True
+        waiters, self._waiters = self._waiters, set()
+        for future in waiters:
+            _settle(future)
+        for futures in self._service_waiters.values():
+            for future in futures:
+                _settle(future)
+        self._service_waiters.clear()
 
     def memo(self, service: str, key: Hashable, build: Callable[[], T]) -> T:
         """`build()`, remembered under `key` until `service` next changes.
@@ -254,13 +275,23 @@ class Catalog:
         service alone. Cancellation propagates and leaves nothing behind."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while index_of() <= after:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+        while index_of() <= after and not self._released:
+            if loop.time() >= deadline:
                 return
+            future: asyncio.Future[None] = loop.create_future()
             if service is None:
-                event = self._changed
+                waiters = self._waiters
             else:
-                event = self._service_changed.setdefault(service, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+                waiters = self._service_waiters.setdefault(service, set())
+            waiters.add(future)
+            timer = loop.call_at(deadline, _settle, future)
+            try:
+                await future
+            finally:
+                timer.cancel()
+                waiters.discard(future)  # a deadline or a cancellation: no stale entry
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

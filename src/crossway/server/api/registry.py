@@ -47,7 +47,7 @@ from crossway.health import HealthChecker
 from crossway.registry import Catalog, Instance, Registration, Registry
 from crossway.registry.guard import PreservationGuard
 from crossway.registry.model import SETTINGS_PREFIX, check_name, lease_from_text
-from crossway.server.blocking import BlockingParams, first_of, jittered_wait
+from crossway.server.blocking import BlockingParams, jittered_wait
 from crossway.server.context import ServerContext
 from crossway.server.http import Endpoint, QuietRoute, json_response, read_json
 from crossway.store import Store
@@ -81,13 +81,22 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     ctx.provide(catalog)
     ctx.registry.register(RegistryMetrics(catalog, guard, checker))
 
+    releaser: list[asyncio.Task[None]] = []
+
+    async def release_on_stopping() -> None:
+        await ctx.stopping.wait()
+        catalog.release_all()  # blocked queries answer at once when draining starts
+
     async def start() -> None:
         await catalog.start()
         await api.load_settings()
         guard.start()
         await checker.start()
+        releaser.append(asyncio.create_task(release_on_stopping(), name="registry-release"))
 
     async def stop() -> None:
+        for task in releaser:
+            task.cancel()
         await checker.stop()
         await guard.stop()
         await catalog.stop()
@@ -264,8 +273,8 @@ class RegistryApi:
         if params.index > self.registry.catalog.revision:
             return  # not an index of this store: answer so the client resyncs
         wait = jittered_wait(params.wait, random.random())
-        change = self.registry.catalog.wait_change(index_of, params.index, wait, service=service)
-        await first_of([change, self.stopping.wait()], seconds=wait)
+        # Shutdown releases the wait too (`Catalog.release_all`, on `stopping`).
+        await self.registry.catalog.wait_change(index_of, params.index, wait, service=service)
 
 
 STREAM_MAX_LINE = 64
