@@ -5,6 +5,8 @@ whose message starts with that path, so the control plane's 400 and a
 
 from __future__ import annotations
 
+import re
+
 from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
 
@@ -37,3 +39,16 @@ def within(value: float, field: str, low: float, high: float) -> None:
 def readable(value: float) -> str:
     # 1000000, not 1e+06: these messages are read by people fixing a file.
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+_AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+
+
+def field_of(message: str) -> str:
+    """The JSON path a msgspec validation message is about, down to a named
+    field ("unknown field `x` - at `$.match`" is about `$.match.x`)."""
+    at = _AT_PATH.search(message)
+    path = at.group(1) if at else "$"
+    named = _NAMED_FIELD.search(message)
+    return f"{path}.{named.group(1)}" if named else path

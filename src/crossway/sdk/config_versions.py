@@ -20,10 +20,7 @@ Theory of operation
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ import pydantic
 import yaml
 
 from crossway.config.properties import PropertiesError, parse_properties
+from crossway.core.files import write_atomically
 
 M = TypeVar("M")
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -190,19 +188,7 @@ def snapshot_path(cache_dir: Path, namespace: str, group: str, key: str) -> Path
 
 def write_snapshot(path: Path, served: Served) -> None:
     """Atomically replace `path` (temp file, fsync, rename); blocking."""
-    data = msgspec.json.encode(served)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    write_atomically(path, msgspec.json.encode(served))
 
 
 def read_snapshot(path: Path) -> Served | None:

@@ -44,9 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +57,7 @@ from prometheus_client.registry import Collector
 
 from crossway.core.clock import Clock, SystemClock
 from crossway.core.durations import parse_duration
+from crossway.core.files import write_atomically
 from crossway.registry.model import Instance, check_name, parse_instance_key, service_prefix
 from crossway.resilience.backoff import Backoff, Jitter
 from crossway.sdk.control import (
@@ -201,23 +200,9 @@ def snapshot_path(cache_dir: Path, service: str) -> Path:
 
 
 def write_snapshot(path: Path, snapshot: Snapshot) -> None:
-    """Write atomically: readers see the old file or the new one, never a part.
-
-    Concurrent writers (several worker processes of one service) each use
-    their own temp file; the last rename wins and every version is whole.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(_encoder.encode(snapshot))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    """Write atomically: readers see the old file or the new one, never a part
+    (several worker processes of one service may write it at once)."""
+    write_atomically(path, _encoder.encode(snapshot))
 
 
 def read_snapshot(path: Path) -> Snapshot | None:

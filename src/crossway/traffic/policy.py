@@ -25,7 +25,6 @@ Invariants
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import msgspec
@@ -35,6 +34,7 @@ from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
 from crossway.core.validation import duration_at as _seconds
 from crossway.core.validation import field_error as _fail
+from crossway.core.validation import field_of
 from crossway.core.validation import within as _within
 
 Duration = str | float
@@ -253,22 +253,9 @@ def decode_policy(raw: bytes | str) -> CallPolicy:
         return _decoder.decode(raw)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        raise InvalidArgument(message, field=_field_of(message)) from None
+        raise InvalidArgument(message, field=field_of(message)) from None
     except msgspec.DecodeError as exc:
         raise InvalidArgument(f"not valid JSON: {exc}", field="$") from None
-
-
-_AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
-_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
-
-
-def _field_of(message: str) -> str:
-    """The JSON path msgspec's message is about, down to a named field
-    ("unknown field `x` - at `$.retries`" is about `$.retries.x`)."""
-    at = _AT_PATH.search(message)
-    path = at.group(1) if at else "$"
-    named = _NAMED_FIELD.search(message)
-    return f"{path}.{named.group(1)}" if named else path
 
 
 def encode_policy(policy: CallPolicy) -> bytes:

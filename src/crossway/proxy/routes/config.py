@@ -52,7 +52,8 @@ import msgspec
 import yaml
 
 from crossway.core.errors import InvalidArgument
-from crossway.proxy.routes.model import Route, check_route_name, field_of, route_from_object
+from crossway.core.validation import field_of
+from crossway.proxy.routes.model import Route, check_route_name, route_from_object
 from crossway.proxy.routes.table import RouteTable
 from crossway.registry.model import check_name
 from crossway.traffic.policy import CallPolicy

@@ -37,7 +37,7 @@ from typing import Literal
 import msgspec
 
 from crossway.core.errors import InvalidArgument
-from crossway.core.validation import duration_at
+from crossway.core.validation import duration_at, field_of
 from crossway.core.validation import field_error as _fail
 from crossway.core.validation import within as _within
 from crossway.resilience import parse_rate
@@ -469,17 +469,6 @@ def _check_rate_limit(limit: RateLimit, at: str) -> None:
 
 _decoder = msgspec.json.Decoder(Route)
 _encoder = msgspec.json.Encoder()
-_AT_PATH = re.compile(r" - at `(\$[^`]*)`$")
-_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
-
-
-def field_of(message: str) -> str:
-    """The JSON path a msgspec message is about, down to a named field
-    ("unknown field `x` - at `$.match`" is about `$.match.x`)."""
-    at = _AT_PATH.search(message)
-    path = at.group(1) if at else "$"
-    named = _NAMED_FIELD.search(message)
-    return f"{path}.{named.group(1)}" if named else path
 
 
 def decode_route(raw: bytes | str) -> Route:
