@@ -288,9 +288,12 @@ async def test_calls_carry_the_deadline_and_the_trace(
     first, second = sorted(seen, key=lambda s: -float(s["remaining"]))  # 0.8 s, then 0.3 s
     assert first["traceparent"].split("-")[1] == trace.trace_id
     assert first["traceparent"].split("-")[2] != trace.span_id
-    assert 0.0 < float(first["remaining"]) <= 0.8
+    # gRPC carries a timeout rounded to its wire units (grpc-timeout), so the
+    # server's view may exceed what was left by a hair.
+    slack = 0.01
+    assert 0.0 < float(first["remaining"]) <= 0.8 + slack
     assert second["traceparent"].split("-")[1] != trace.trace_id
-    assert 0.0 < float(second["remaining"]) <= 0.3
+    assert 0.0 < float(second["remaining"]) <= 0.3 + slack
 
 
 async def test_calls_are_counted_by_method_and_code(
