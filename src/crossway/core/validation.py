@@ -6,9 +6,14 @@ whose message starts with that path, so the control plane's 400 and a
 from __future__ import annotations
 
 import re
+from typing import TypeVar
+
+import msgspec
 
 from crossway.core.durations import parse_duration
 from crossway.core.errors import InvalidArgument
+
+T = TypeVar("T")
 
 
 def field_error(field: str, message: str) -> InvalidArgument:
@@ -52,3 +57,23 @@ def field_of(message: str) -> str:
     path = at.group(1) if at else "$"
     named = _NAMED_FIELD.search(message)
     return f"{path}.{named.group(1)}" if named else path
+
+
+def decode_document(decoder: msgspec.json.Decoder[T], raw: bytes | str) -> T:
+    """A validated document from JSON; InvalidArgument naming the field at fault."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        raise InvalidArgument(message, field=field_of(message)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidArgument(f"not valid JSON: {exc}", field="$") from None
+
+
+def convert_document(obj: object, kind: type[T]) -> T:
+    """A validated document from already-parsed data (YAML); errors as `decode_document`."""
+    try:
+        return msgspec.convert(obj, kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        raise InvalidArgument(message, field=field_of(message)) from None

@@ -31,10 +31,9 @@ import msgspec
 
 from crossway.balance import OutlierConfig
 from crossway.core.durations import parse_duration
-from crossway.core.errors import InvalidArgument
+from crossway.core.validation import decode_document
 from crossway.core.validation import duration_at as _seconds
 from crossway.core.validation import field_error as _fail
-from crossway.core.validation import field_of
 from crossway.core.validation import within as _within
 
 Duration = str | float
@@ -249,13 +248,7 @@ _encoder = msgspec.json.Encoder()
 
 def decode_policy(raw: bytes | str) -> CallPolicy:
     """A policy from JSON; InvalidArgument naming the field (`$.retries.attempts`)."""
-    try:
-        return _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise InvalidArgument(message, field=field_of(message)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidArgument(f"not valid JSON: {exc}", field="$") from None
+    return decode_document(_decoder, raw)
 
 
 def encode_policy(policy: CallPolicy) -> bytes:

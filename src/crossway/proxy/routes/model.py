@@ -37,7 +37,7 @@ from typing import Literal
 import msgspec
 
 from crossway.core.errors import InvalidArgument
-from crossway.core.validation import duration_at, field_of
+from crossway.core.validation import convert_document, decode_document, duration_at
 from crossway.core.validation import field_error as _fail
 from crossway.core.validation import within as _within
 from crossway.resilience import parse_rate
@@ -473,22 +473,12 @@ _encoder = msgspec.json.Encoder()
 
 def decode_route(raw: bytes | str) -> Route:
     """A route from JSON; InvalidArgument (field = JSON path) when it is not one."""
-    try:
-        return _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise InvalidArgument(message, field=field_of(message)) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidArgument(f"not valid JSON: {exc}", field="$") from None
+    return decode_document(_decoder, raw)
 
 
 def route_from_object(obj: object) -> Route:
     """A route from already-parsed data (YAML); errors as `decode_route`."""
-    try:
-        return msgspec.convert(obj, Route)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        raise InvalidArgument(message, field=field_of(message)) from None
+    return convert_document(obj, Route)
 
 
 def encode_route(route: Route) -> bytes:
