@@ -1,7 +1,8 @@
 """The gateway's hot path in one process, over in-memory transports.
 
-    python -m bench.gateway_inproc [N] [--profile]
+    python -m bench.gateway_inproc [N] [--profile] [--telemetry]
     bench/gateway_ir.sh        # instructions per request under callgrind
+    bench/gateway_ir.sh --telemetry
 
 The real `ProxyServer`, `Gateway` (the bench route: prefix match, peak-EWMA
 balancing over two endpoints, statistics on) and `UpstreamPool` run on
@@ -11,6 +12,16 @@ endpoint). Nothing else shares the process, so under
 `valgrind --tool=callgrind` the instruction count per request repeats to
 the instruction whatever the machine's load: the measure for hot-path work
 on a shared machine. Without valgrind it prints process time per request.
+
+`--telemetry` adds the gateway's telemetry as `build_telemetry` makes it
+for `crossway gateway --control-plane URL` (every request traced, golden
+signals recorded), with the control plane replaced by an in-memory HTTP
+transport that answers 202: batches are still encoded and posted through
+the real client. The reporter sends a batch when `GATEWAY_BATCH` spans are
+waiting (its once-a-second timer, and the pusher's, are pushed out of the
+run: under valgrind a second is a few hundred requests, not ~15,000), and
+everything left is sent before the clock stops, so each run encodes every
+span it made and the difference of two runs is the cost per request.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx2
 import uvloop
 
 from bench.gateway_server import ROUTE, SERVICE
@@ -36,6 +48,12 @@ from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import route_from_object
 from crossway.proxy.run import tune_collector
 from crossway.proxy.server import Http1Protocol, ProxyServer
+from crossway.proxy.telemetry import (
+    GatewayTelemetry,
+    TelemetrySettings,
+    build_telemetry,
+    instance_name,
+)
 from crossway.proxy.upstream import UpstreamConnection, UpstreamPool
 
 REQUEST = b"GET /bench/hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
@@ -45,6 +63,7 @@ RESPONSE = (
     b"hello from upstream\n"
 )
 CONNECTIONS = 64
+CONTROL_PLANE = "http://127.0.0.1:7700"
 
 
 class FakeTransport(asyncio.Transport):
@@ -78,7 +97,38 @@ class FakeTransport(asyncio.Transport):
         self._closing = True
 
 
-async def run(requests: int, *, profile: bool) -> None:
+class ControlPlane:
+    """Stands in for the control plane's span and stats endpoints: counts what
+    it is sent and answers 202."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+        self.bytes = 0
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.posts += 1
+        self.bytes += len(request.content)
+        return httpx2.Response(202)
+
+    def client(self) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(transport=httpx2.MockTransport(self))
+
+
+def telemetry_for_bench(clock: SystemClock, control_plane: ControlPlane) -> GatewayTelemetry:
+    settings = TelemetrySettings(control_plane=CONTROL_PLANE, instance=instance_name())
+    telemetry = build_telemetry(settings, clock=clock)
+    assert telemetry is not None
+    assert telemetry.reporter is not None
+    assert telemetry.pusher is not None
+    # The timers only at the end: batches go when full, as at real rates.
+    telemetry.reporter.flush_interval = 3600.0
+    telemetry.pusher.interval = 3600.0
+    telemetry.reporter._client = control_plane.client()
+    telemetry.pusher._client = control_plane.client()
+    return telemetry
+
+
+async def run(requests: int, *, profile: bool, traced: bool) -> None:
     loop = asyncio.get_running_loop()
     clock = SystemClock()
     config = GatewayConfig({"bench": route_from_object(ROUTE)}, version="bench")
@@ -86,7 +136,13 @@ async def run(requests: int, *, profile: bool) -> None:
     endpoints = [Endpoint("u0", "127.0.0.1", 1001), Endpoint("u1", "127.0.0.1", 1002)]
     clusters.update(SERVICE, endpoints)
     pool = UpstreamPool(clock=clock)
-    gateway = Gateway(config, clusters=clusters, pool=pool, stats=GatewayStats())
+    control_plane = ControlPlane()
+    telemetry = telemetry_for_bench(clock, control_plane) if traced else None
+    if telemetry is not None:
+        await telemetry.start()
+    gateway = Gateway(
+        config, clusters=clusters, pool=pool, stats=GatewayStats(), telemetry=telemetry
+    )
     server = ProxyServer(gateway, clock=clock)
     for endpoint in endpoints:
         endpoint_pool = pool.endpoint((endpoint.address, endpoint.port))
@@ -129,10 +185,20 @@ async def run(requests: int, *, profile: bool) -> None:
         sent += 1
         protocol.data_received(REQUEST)
     await done
+    if telemetry is not None:  # every span encoded and posted within the run
+        await telemetry.aclose()
     if profiler is not None:
         profiler.disable()
     elapsed = time.process_time() - start
     print(f"{1e6 * elapsed / requests:.1f} µs/request (process time), {requests} requests")
+    if telemetry is not None:
+        assert telemetry.reporter is not None
+        stats = telemetry.reporter.stats
+        print(
+            f"telemetry: {stats.sent} spans sent in {stats.batches} batches "
+            f"({stats.dropped} dropped), {control_plane.posts} posts, "
+            f"{control_plane.bytes:,} bytes"
+        )
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(
             int(os.environ.get("PROFILE_ROWS", "30"))
@@ -142,7 +208,8 @@ async def run(requests: int, *, profile: bool) -> None:
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     requests = int(args[0]) if args else 40000
-    uvloop.run(run(requests, profile="--profile" in sys.argv))
+    flags = sys.argv[1:]
+    uvloop.run(run(requests, profile="--profile" in flags, traced="--telemetry" in flags))
 
 
 if __name__ == "__main__":
