@@ -3,26 +3,35 @@
 Every row is one `hit`/`try_acquire` on a single hot key, timed with
 time.perf_counter_ns (wall) and time.thread_time_ns (this thread's CPU) over a
 calibrated number of iterations (about 40 ms a batch), best of 15 rounds in
-which the rows take turns. Crossway's limiters are measured through their
+which the rows take turns. Each row is called as a caller writes it, with its
+arguments (`limiter.hit(item, key)`, `front.try_acquire(key)`) from a loop made
+for its number of arguments: a functools.partial in between would add its own
+argument shuffling to every row. Crossway's limiters are measured through their
 thread-safe front (`SyncLimiter`: a real clock and a lock, which is what
 `limits` does internally too), then bare (the pure core with time.monotonic()).
 
 Ratios are `limits` time / Crossway time: above 1 means we are faster. In
 memory they are taken on CPU time, which other processes on a shared machine
-cannot inflate (the wall column shows both are close on a quiet machine); for
-Redis, where the cost is the round trip, on wall time. Two loads: 100/s (almost
-every call refused) and 1,000,000/s (almost every call admitted, where a
-moving-window log grows with the limit). The Redis rows run against
-127.0.0.1:6379 when it is up.
+cannot inflate (the wall column shows both are close on a quiet machine). Two
+loads: 100/s (almost every call refused) and 1,000,000/s (almost every call
+admitted, where a moving-window log grows with the limit).
+
+The Redis rows run against 127.0.0.1:6379 when it is up; every call is one
+round trip for every implementation. The headline ratio is taken on the
+calling thread's CPU time per call, which is what a limiter costs its caller
+(the wall time adds the Redis server's work and the kernel's loopback, which
+are the same for everyone); wall-time ratios are printed beside it. redis-py,
+under `limits` and under RedisGCRA on a `redis.Redis`, parses replies with
+hiredis when it is installed, as our RespClient does: the bench says which.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable, Container
-from functools import partial
 from typing import NamedTuple
 
 import limits
@@ -40,6 +49,7 @@ from crossway.resilience.keyed import KeyedLimiter, SyncKeyedLimiter
 from crossway.resilience.limiter import RateLimiter as PureLimiter
 from crossway.resilience.limiter import SyncLimiter
 from crossway.resilience.redis_limiter import RedisGCRA
+from crossway.resilience.resp import RespClient
 from crossway.resilience.sliding_counter import SlidingWindowCounter
 from crossway.resilience.token_bucket import TokenBucket
 
@@ -48,7 +58,12 @@ REPEATS = 15
 BATCH_SECONDS = 0.04
 TARGET = 3.0
 
-Call = Callable[[], object]
+
+class Call(NamedTuple):
+    """A function and the arguments each call passes it."""
+
+    function: Callable[..., object]
+    args: tuple[object, ...] = ()
 
 
 class Timing(NamedTuple):
@@ -82,10 +97,37 @@ def _calibrate(call: Call, batch_seconds: float) -> int:
 
 
 def _timed(call: Call, n: int) -> tuple[int, int]:
+    return _LOOPS[len(call.args)](call.function, call.args, n)
+
+
+# One loop per number of arguments, so that each call is a plain call with its
+# arguments in local variables, as in a caller's code.
+
+
+def _loop0(function: Callable[..., object], _args: tuple[object, ...], n: int) -> tuple[int, int]:
     wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
     for _ in range(n):
-        call()
+        function()
     return time.perf_counter_ns() - wall, time.thread_time_ns() - cpu
+
+
+def _loop1(function: Callable[..., object], args: tuple[object, ...], n: int) -> tuple[int, int]:
+    (a,) = args
+    wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+    for _ in range(n):
+        function(a)
+    return time.perf_counter_ns() - wall, time.thread_time_ns() - cpu
+
+
+def _loop2(function: Callable[..., object], args: tuple[object, ...], n: int) -> tuple[int, int]:
+    a, b = args
+    wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+    for _ in range(n):
+        function(a, b)
+    return time.perf_counter_ns() - wall, time.thread_time_ns() - cpu
+
+
+_LOOPS = (_loop0, _loop1, _loop2)
 
 
 def peers(storage: limits.storage.Storage, rate: int) -> dict[str, Call]:
@@ -97,7 +139,7 @@ def peers(storage: limits.storage.Storage, rate: int) -> dict[str, Call]:
         "sliding window counter": SlidingWindowCounterRateLimiter,
     }
     return {
-        f"limits {name}": partial(cls(storage).hit, item, key + name.replace(" ", "-"))
+        f"limits {name}": Call(cls(storage).hit, (item, key + name.replace(" ", "-")))
         for name, cls in strategies.items()
     }
 
@@ -105,12 +147,12 @@ def peers(storage: limits.storage.Storage, rate: int) -> dict[str, Call]:
 def ours_in_memory(rate: int) -> dict[str, Call]:
     keyed: KeyedLimiter[str] = KeyedLimiter(lambda _k: TokenBucket(rate=rate))
     rows: dict[str, Call] = {
-        "crossway TokenBucket": SyncLimiter(TokenBucket(rate=rate)).try_acquire,
-        "crossway GCRA": SyncLimiter(GCRA(rate=rate)).try_acquire,
-        "crossway SlidingWindowCounter": SyncLimiter(
-            SlidingWindowCounter(limit=rate, window=1.0)
-        ).try_acquire,
-        "crossway keyed TokenBucket": partial(SyncKeyedLimiter(keyed).try_acquire, "hot"),
+        "crossway TokenBucket": Call(SyncLimiter(TokenBucket(rate=rate)).try_acquire),
+        "crossway GCRA": Call(SyncLimiter(GCRA(rate=rate)).try_acquire),
+        "crossway SlidingWindowCounter": Call(
+            SyncLimiter(SlidingWindowCounter(limit=rate, window=1.0)).try_acquire
+        ),
+        "crossway keyed TokenBucket": Call(SyncKeyedLimiter(keyed).try_acquire, ("hot",)),
     }
     cores: list[tuple[str, PureLimiter]] = [
         ("TokenBucket", TokenBucket(rate=rate)),
@@ -118,7 +160,7 @@ def ours_in_memory(rate: int) -> dict[str, Call]:
         ("SlidingWindowCounter", SlidingWindowCounter(limit=rate, window=1.0)),
     ]
     for name, core in cores:
-        rows[f"  bare core: {name}"] = partial(_bare, core.try_acquire)
+        rows[f"  bare core: {name}"] = Call(_bare, (core.try_acquire,))
     return rows
 
 
@@ -126,21 +168,31 @@ def _bare(try_acquire: Callable[[float], object]) -> object:
     return try_acquire(time.monotonic())
 
 
-def table(title: str, theirs: dict[str, Timing], ours: dict[str, Timing], by: str) -> list[float]:
-    """Print one block; return the headline ratios (fronts vs every peer)."""
+def table(
+    title: str,
+    theirs: dict[str, Timing],
+    ours: dict[str, Timing],
+    by: str,
+    also: str | None = None,
+) -> list[float]:
+    """Print one block; return the headline ratios (fronts vs every peer) on `by`
+    time, printing those on `also` time beside them."""
     names = list(theirs)
-    print(f"\n{title}  [ratios on {by} time]")
+    measures = [by] if also is None else [by, also]
+    print(f"\n{title}  [ratios on {' | '.join(measures)} time]")
     peers_header = "  ".join(f"{'vs ' + n[7:]:>24}" for n in names)
-    print(f"  {'implementation':36} {'wall ns':>9} {'cpu ns':>9}  {peers_header}")
+    print(f"  {'implementation':40} {'wall ns':>9} {'cpu ns':>9}  {peers_header}")
     for name, timing in theirs.items():
-        print(f"  {name:36} {timing.wall:9.0f} {timing.cpu:9.0f}")
+        print(f"  {name:40} {timing.wall:9.0f} {timing.cpu:9.0f}")
     headline = []
     for name, timing in ours.items():
-        ratios = [getattr(theirs[n], by) / getattr(timing, by) for n in names]
+        ratios = {m: [getattr(theirs[n], m) / getattr(timing, m) for n in names] for m in measures}
         if not name.startswith("  "):
-            headline += ratios
-        cells = "  ".join(f"{r:23.1f}x" for r in ratios)
-        print(f"  {name:36} {timing.wall:9.0f} {timing.cpu:9.0f}  {cells}")
+            headline += ratios[by]
+        cells = "  ".join(
+            f"{' | '.join(f'{ratios[m][i]:.1f}x' for m in measures):>24}" for i in range(len(names))
+        )
+        print(f"  {name:40} {timing.wall:9.0f} {timing.cpu:9.0f}  {cells}")
     return headline
 
 
@@ -164,47 +216,63 @@ def redis_rows(rate: int = 1000) -> list[float]:
     except redis.RedisError as error:
         print(f"\nRedis rows skipped: {error}")
         return []
+    lean = RespClient.from_url(REDIS_URL)
     prefix = f"crossway-bench-{uuid.uuid4().hex}"
+    parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python"
     try:
-        times = measure(redis_calls(client, prefix + ":timing", rate), batch_seconds=0.15)
+        times = measure(redis_calls(client, lean, prefix + ":timing", rate), batch_seconds=0.15)
         theirs = {n: t for n, t in times.items() if n.startswith("limits")}
-        title = f"Redis on loopback, {rate:,}/s on one hot key (one round trip each)"
-        headline = table(title, *_split(times, theirs), by="wall")
-        key_memory(client, prefix + ":memory", rate)
+        title = (
+            f"Redis on loopback, {rate:,}/s on one hot key (one round trip each;"
+            f" redis-py parses with {parser})"
+        )
+        headline = table(title, *_split(times, theirs), by="cpu", also="wall")
+        key_memory(client, lean, prefix + ":memory", rate)
         return headline
     finally:
         keys = list(client.scan_iter(match=prefix + "*"))
         if keys:
             client.delete(*keys)
         client.close()
+        lean.close()
 
 
-def redis_calls(client: redis.Redis[bytes], prefix: str, rate: int) -> dict[str, Call]:
-    ours = RedisGCRA(client, rate=rate, prefix=prefix + ":crossway-")
+def redis_calls(
+    client: redis.Redis[bytes], lean: RespClient, prefix: str, rate: int
+) -> dict[str, Call]:
+    # Prefixes of one length: the memory rows then compare like with like.
+    ours = RedisGCRA(lean, rate=rate, prefix=prefix + ":crossway-resp-")
+    on_redis_py = RedisGCRA(client, rate=rate, prefix=prefix + ":crossway-rpy-")
     theirs = peers(RedisStorage(REDIS_URL, key_prefix=prefix), rate)
-    return {**theirs, "crossway RedisGCRA": partial(ours.try_acquire, "gcra")}
+    return {
+        **theirs,
+        "crossway RedisGCRA (RespClient)": Call(ours.try_acquire, ("gcra",)),
+        "  RedisGCRA on a redis.Redis": Call(on_redis_py.try_acquire, ("gcra",)),
+    }
 
 
-def key_memory(client: redis.Redis[bytes], prefix: str, rate: int) -> None:
+def key_memory(client: redis.Redis[bytes], lean: RespClient, prefix: str, rate: int) -> None:
     """Server memory each implementation keeps for a key that just took a full
     second's worth of permits (MEMORY USAGE, right after)."""
     print(f"\n  Redis memory for one key after {rate:,} grants (bytes)")
-    for name, call in redis_calls(client, prefix, rate).items():
+    for name, call in redis_calls(client, lean, prefix, rate).items():
         for _ in range(rate):
-            call()
+            call.function(*call.args)
         keys = list(client.scan_iter(match=prefix + "*"))
         size = sum(int(client.memory_usage(key) or 0) for key in keys)
         client.delete(*keys)
-        print(f"  {name:36} {size:9,}")
+        print(f"  {name:40} {size:9,}")
 
 
 def main() -> None:
     print(f"rate limiter per-call cost, best of {REPEATS}; ratio = limits / crossway")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     memory = memory_rows(100) + memory_rows(1_000_000)
     remote = redis_rows()
     summary("in memory", memory)
     if remote:
-        summary("on Redis ", remote)
+        summary("on Redis (caller CPU)", remote)
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def summary(where: str, ratios: list[float]) -> None:

@@ -27,6 +27,7 @@ from crossway.resilience.redis_limiter import (
     LimiterUnavailable,
     RedisGCRA,
 )
+from crossway.resilience.resp import RespClient
 
 pytestmark = pytest.mark.redis
 
@@ -46,9 +47,18 @@ def prefix(redis_url: str) -> Iterator[str]:
     client.close()
 
 
-def hammer(url: str, prefix: str, rate: float, burst: int, go: Any, results: Any) -> None:
+CLIENTS = ["redis-py", "resp"]
+
+
+def connect(url: str, kind: str) -> redis.Redis[bytes] | RespClient:
+    return redis.Redis.from_url(url) if kind == "redis-py" else RespClient.from_url(url)
+
+
+def hammer(
+    url: str, kind: str, prefix: str, rate: float, burst: int, go: Any, results: Any
+) -> None:
     """One worker process: its own connection, as many requests as it can for a bounded time."""
-    client = redis.Redis.from_url(url)
+    client = connect(url, kind)
     limiter = RedisGCRA(client, rate=rate, burst=burst, prefix=prefix)
     go.wait()
     deadline = time.monotonic() + HAMMER_SECONDS
@@ -60,11 +70,13 @@ def hammer(url: str, prefix: str, rate: float, burst: int, go: Any, results: Any
     client.close()
 
 
-def run_workers(url: str, prefix: str, rate: float, burst: int, before_start: Any) -> list[Any]:
+def run_workers(
+    url: str, kind: str, prefix: str, rate: float, burst: int, before_start: Any
+) -> list[Any]:
     ctx = multiprocessing.get_context("fork")
     go, results = ctx.Event(), ctx.Queue()
     workers = [
-        ctx.Process(target=hammer, args=(url, prefix, rate, burst, go, results))
+        ctx.Process(target=hammer, args=(url, kind, prefix, rate, burst, go, results))
         for _ in range(PROCESSES)
     ]
     for worker in workers:
@@ -83,18 +95,20 @@ def server_time_us(client: redis.Redis) -> int:
     return int(seconds) * 1_000_000 + int(micros)
 
 
-def test_exactly_the_burst_across_eight_processes(redis_url: str, prefix: str) -> None:
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_exactly_the_burst_across_eight_processes(redis_url: str, prefix: str, kind: str) -> None:
     # One permit per 1000 s: over the test only the burst can be spent, and it
     # must be spent exactly once whatever the interleaving.
-    outcome = run_workers(redis_url, prefix, 0.001, 300, before_start=lambda: None)
+    outcome = run_workers(redis_url, kind, prefix, 0.001, 300, before_start=lambda: None)
     granted = sum(g for g, _ in outcome)
     calls = sum(c for _, c in outcome)
     assert calls > 1000, "the workers did not hammer"
     assert granted == 300
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
 def test_exactly_one_interval_of_budget_per_grant_at_a_steady_rate(
-    redis_url: str, prefix: str
+    redis_url: str, prefix: str, kind: str
 ) -> None:
     rate, burst = 400.0, 200
     interval, tau = 2500, 200 * 2500  # microseconds
@@ -110,7 +124,7 @@ def test_exactly_one_interval_of_budget_per_grant_at_a_steady_rate(
         tat0 = server_time_us(client) + 600_000
         client.set(key, str(tat0), px=60_000)
 
-    outcome = run_workers(redis_url, prefix, rate, burst, before_start=preset)
+    outcome = run_workers(redis_url, kind, prefix, rate, burst, before_start=preset)
     end = server_time_us(client)
     granted = sum(g for g, _ in outcome)
     tat = int(client.get(key) or 0)

@@ -1,0 +1,284 @@
+"""The limiter's lean Redis clients: replies, errors, timeouts, reconnection, threads, forks."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from crossway.resilience.redis_limiter import (
+    GCRA_SCRIPT,
+    GCRA_SHA,
+    AsyncRedisGCRA,
+    LimiterUnavailable,
+    RedisGCRA,
+)
+from crossway.resilience.resp import AsyncRespClient, RespClient, pack_command
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    unique = f"crossway-test:{uuid.uuid4().hex}:"
+    yield unique
+    client = redis.Redis.from_url(redis_url)
+    for db in (0, 1):
+        client.execute_command("SELECT", db)
+        keys = list(client.scan_iter(match=unique + "*"))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung Redis)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def kill_connections_of(client_name: str, redis_url: str) -> int:
+    admin = redis.Redis.from_url(redis_url)
+    killed = 0
+    for info in admin.client_list():
+        if info.get("name") == client_name:
+            killed += admin.client_kill_filter(_id=info["id"])
+    admin.close()
+    return killed
+
+
+def test_pack_command_is_a_resp_array_of_bulk_strings() -> None:
+    assert pack_command("SET", "k", 12) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n"
+    assert pack_command(b"\xff") == b"*1\r\n$1\r\n\xff\r\n"
+
+
+def test_replies_and_error_replies(redis_url: str, prefix: str) -> None:
+    client = RespClient.from_url(redis_url)
+    assert client.ping()
+    assert client.execute(pack_command("SET", prefix + "a", "1")) == b"OK"
+    assert client.execute(pack_command("INCRBY", prefix + "a", 41)) == 42
+    assert client.script_load(GCRA_SCRIPT) == GCRA_SHA
+    with pytest.raises(NoScriptError):
+        client.evalsha("0" * 40, 0)
+    with pytest.raises(ResponseError, match="unknown command"):
+        client.execute(pack_command("NO-SUCH-COMMAND"))
+    assert client.ping()  # an error reply leaves the connection usable
+    client.close()
+    assert client.ping()  # and a closed client opens a new one
+
+
+def test_url_selects_the_database_and_a_bad_login_is_an_error(redis_url: str, prefix: str) -> None:
+    client = RespClient.from_url(redis_url.rsplit("/", 1)[0] + "/1")
+    client.execute(pack_command("SET", prefix + "in-db-1", "x"))
+    other = redis.Redis.from_url(redis_url)
+    assert other.exists(prefix + "in-db-1") == 0
+    other.execute_command("SELECT", 1)
+    assert other.exists(prefix + "in-db-1") == 1
+    other.close()
+    client.close()
+    with pytest.raises(ResponseError):
+        RespClient.from_url("redis://:wrong@127.0.0.1:6379/0").ping()
+    with pytest.raises(ValueError, match="redis://"):
+        RespClient.from_url("http://127.0.0.1:6379")
+    with pytest.raises(ValueError, match="timeouts"):
+        RespClient(socket_timeout=0)
+
+
+def test_limiter_on_the_lean_client_matches_the_redis_py_one(redis_url: str, prefix: str) -> None:
+    lean = RedisGCRA(RespClient.from_url(redis_url), rate=10, burst=2, prefix=prefix)
+    other = RedisGCRA(redis.Redis.from_url(redis_url), rate=10, burst=2, prefix=prefix)
+    assert lean.try_acquire("k").remaining == 1
+    assert other.try_acquire("k").remaining == 0  # one budget, whichever client
+    refused = lean.try_acquire("k")
+    assert not refused.allowed
+    assert 0.05 < refused.retry_after <= 0.1
+    assert lean.try_acquire("k2", 2).allowed  # more than one permit: packed apart
+    with pytest.raises(ValueError, match="never be granted"):
+        lean.try_acquire("k", 3)
+
+
+class FlushedOnce(RespClient):
+    """A lean client whose server looks restarted (scripts flushed) once."""
+
+    loads = 0
+    flushed = True
+
+    def execute(self, command: bytes) -> Any:
+        if self.flushed and b"EVALSHA" in command:
+            self.flushed = False
+            return super().execute(pack_command("EVALSHA", "0" * 40, 0))
+        return super().execute(command)
+
+    def script_load(self, script: str) -> Any:
+        FlushedOnce.loads += 1
+        return super().script_load(script)
+
+
+def test_noscript_loads_the_script_and_repeats_the_call(redis_url: str, prefix: str) -> None:
+    client = FlushedOnce.from_url(redis_url)
+    limiter = RedisGCRA(client, rate=5, burst=1, prefix=prefix)
+    assert limiter.try_acquire("s").allowed
+    assert not limiter.try_acquire("s").allowed
+    assert FlushedOnce.loads == 1
+
+
+def test_a_connection_closed_by_the_server_is_replaced_without_an_error(
+    redis_url: str, prefix: str
+) -> None:
+    client = RespClient.from_url(redis_url)
+    name = f"resp-{uuid.uuid4().hex[:12]}"
+    assert client.execute(pack_command("CLIENT", "SETNAME", name)) == b"OK"
+    assert kill_connections_of(name, redis_url) == 1
+    limiter = RedisGCRA(client, rate=5, burst=1, prefix=prefix)
+    assert limiter.try_acquire("r").allowed  # sent again on a fresh connection
+    assert not limiter.try_acquire("r").allowed  # and counted once
+    client.close()
+
+
+def test_dead_or_hung_redis_is_a_prompt_clear_error(silent_server: int) -> None:
+    dead = RespClient(port=closed_port())
+    with pytest.raises(RedisConnectionError, match=r"127\.0\.0\.1"):
+        dead.ping()
+    with pytest.raises(LimiterUnavailable):
+        RedisGCRA(dead, rate=1).try_acquire("k")
+    assert RedisGCRA(dead, rate=1, fail_open=True).try_acquire("k").allowed
+
+    hung = RespClient(port=silent_server, socket_timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError, match=r"no reply within 0\.2s"):
+        hung.ping()
+    with pytest.raises(LimiterUnavailable, match="no reply"):
+        RedisGCRA(hung, rate=1).try_acquire("k")
+    assert time.monotonic() - started < 2.0
+
+
+def test_threads_get_their_own_connections_and_exact_counts(redis_url: str, prefix: str) -> None:
+    client = RespClient.from_url(redis_url)
+    limiter = RedisGCRA(client, rate=0.001, burst=150, prefix=prefix)
+    granted = [0] * 6
+
+    def work(index: int) -> None:
+        for _ in range(100):
+            granted[index] += limiter.try_acquire("t").allowed
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sum(granted) == 150
+    client.close()
+
+
+def _child(client: RespClient, prefix: str, results: Any) -> None:
+    limiter = RedisGCRA(client, rate=0.001, burst=10, prefix=prefix)
+    results.put(sum(limiter.try_acquire("f").allowed for _ in range(20)))
+
+
+def test_a_forked_child_opens_its_own_connection(redis_url: str, prefix: str) -> None:
+    client = RespClient.from_url(redis_url)
+    limiter = RedisGCRA(client, rate=0.001, burst=10, prefix=prefix)
+    assert sum(limiter.try_acquire("f").allowed for _ in range(4)) == 4
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_child, args=(client, prefix, results))
+    child.start()
+    assert results.get(timeout=30) == 6
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert not limiter.try_acquire("f").allowed  # the parent's connection still in step
+    assert client.ping()
+    client.close()
+
+
+async def test_async_client_pipelines_concurrent_calls_exactly(redis_url: str, prefix: str) -> None:
+    client = AsyncRespClient.from_url(redis_url)
+    limiter = AsyncRedisGCRA(client, rate=0.001, burst=25, prefix=prefix)
+    decisions = await asyncio.gather(*(limiter.try_acquire("a") for _ in range(100)))
+    assert sum(d.allowed for d in decisions) == 25
+    assert [d.remaining for d in decisions if d.allowed] == list(range(24, -1, -1))
+    assert await client.ping()
+    assert await client.script_load(GCRA_SCRIPT) == GCRA_SHA
+    with pytest.raises(NoScriptError):
+        await client.evalsha("0" * 40, 0)
+    await client.aclose()
+
+
+async def test_async_cancelled_waiters_keep_replies_in_order(redis_url: str, prefix: str) -> None:
+    client = AsyncRespClient.from_url(redis_url)
+    await client.execute(pack_command("SET", prefix + "n", "0"))
+    calls = [
+        asyncio.ensure_future(client.execute(pack_command("INCR", prefix + "n"))) for _ in range(10)
+    ]
+    await asyncio.sleep(0)
+    for call in calls[::2]:
+        call.cancel()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    kept = [r for r in results if not isinstance(r, BaseException)]
+    assert kept == sorted(kept)
+    assert all(isinstance(r, int) for r in kept)
+    assert await client.execute(pack_command("GET", prefix + "n")) == b"10"
+    await client.aclose()
+
+
+async def test_async_reconnects_and_reports_dead_or_hung_redis(
+    redis_url: str, prefix: str, silent_server: int
+) -> None:
+    client = AsyncRespClient.from_url(redis_url)
+    name = f"resp-{uuid.uuid4().hex[:12]}"
+    assert await client.execute(pack_command("CLIENT", "SETNAME", name)) == b"OK"
+    assert kill_connections_of(name, redis_url) == 1
+    await asyncio.sleep(0.05)  # the loss is seen: the next call opens a new connection
+    limiter = AsyncRedisGCRA(client, rate=5, burst=1, prefix=prefix)
+    assert (await limiter.try_acquire("r")).allowed
+    assert not (await limiter.try_acquire("r")).allowed
+    await client.aclose()
+
+    dead = AsyncRespClient(port=closed_port())
+    with pytest.raises(LimiterUnavailable):
+        await AsyncRedisGCRA(dead, rate=1).try_acquire("k")
+    assert (await AsyncRedisGCRA(dead, rate=1, fail_open=True).try_acquire("k")).allowed
+
+    hung = AsyncRespClient(port=silent_server, socket_timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(RedisTimeoutError, match="no reply"):
+        await hung.ping()
+    assert time.monotonic() - started < 2.0
+    await hung.aclose()
