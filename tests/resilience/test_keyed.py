@@ -85,6 +85,41 @@ def test_memory_stays_bounded_and_matches_an_lru_model(max_keys: int, keys: list
     assert len(made) == expected_made
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    max_keys=st.integers(min_value=2, max_value=40),
+    data=st.data(),
+)
+def test_hot_keys_survive_any_stream_of_cold_keys_in_bounded_memory(
+    max_keys: int, data: st.DataObject
+) -> None:
+    # Between two uses of a hot key come fewer than max_keys other keys, so the
+    # least-recently-used order must never evict it, however many cold keys pass.
+    hot_count = data.draw(st.integers(min_value=1, max_value=max_keys // 2), label="hot")
+    rounds = data.draw(
+        st.lists(st.integers(min_value=0, max_value=max_keys - hot_count), max_size=40),
+        label="cold keys per round",
+    )
+    made: list[int] = []
+
+    def factory(key: int) -> RateLimiter:
+        made.append(key)
+        return TokenBucket(rate=10, burst=1)
+
+    keyed: KeyedLimiter[int] = KeyedLimiter(factory, max_keys=max_keys)
+    hot = list(range(hot_count))
+    cold = iter(range(hot_count, 1 << 30))
+    step = 0
+    for cold_in_round in rounds:
+        for key in hot + [next(cold) for _ in range(cold_in_round)]:
+            keyed.try_acquire(key, step * 0.001)
+            step += 1
+            assert len(keyed) <= max_keys
+    if rounds:
+        assert sorted(k for k in made if k < hot_count) == hot  # each made once, never evicted
+        assert all(k in keyed for k in hot)
+
+
 @given(
     ops=st.lists(
         st.tuples(st.sampled_from(["hit", "forget"]), st.integers(min_value=0, max_value=3)),
