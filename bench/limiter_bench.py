@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Container
@@ -220,7 +221,10 @@ def redis_rows(rate: int = 1000) -> list[float]:
     prefix = f"crossway-bench-{uuid.uuid4().hex}"
     parser = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python"
     try:
-        times = measure(redis_calls(client, lean, prefix + ":timing", rate), batch_seconds=0.15)
+        floor, floor_socket = round_trip_floor()
+        rows = {**redis_calls(client, lean, prefix + ":timing", rate), "  floor: bare PING": floor}
+        times = measure(rows, batch_seconds=0.15)
+        floor_socket.close()
         theirs = {n: t for n, t in times.items() if n.startswith("limits")}
         title = (
             f"Redis on loopback, {rate:,}/s on one hot key (one round trip each;"
@@ -249,6 +253,19 @@ def redis_calls(
         "crossway RedisGCRA (RespClient)": Call(ours.try_acquire, ("gcra",)),
         "  RedisGCRA on a redis.Redis": Call(on_redis_py.try_acquire, ("gcra",)),
     }
+
+
+def round_trip_floor() -> tuple[Call, socket.socket]:
+    """A PING on a bare socket, no client library: the kernel's share of any call."""
+    sock = socket.create_connection(("127.0.0.1", 6379))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ping, buffer = b"*1\r\n$4\r\nPING\r\n", bytearray(64)
+
+    def call() -> None:
+        sock.sendall(ping)
+        sock.recv_into(buffer)  # "+PONG\r\n" comes in one piece on loopback
+
+    return Call(call), sock
 
 
 def key_memory(client: redis.Redis[bytes], lean: RespClient, prefix: str, rate: int) -> None:
