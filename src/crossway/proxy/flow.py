@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 from crossway.proxy.http1 import Body
@@ -52,7 +53,7 @@ class Inbox(Generic[T]):
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, events: list[T]) -> None:
+    def put(self, events: Sequence[T]) -> None:
         for event in events:
             if isinstance(event, Body):
                 self._bytes += len(event.data)

@@ -44,14 +44,15 @@ import asyncio
 import dataclasses
 import functools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from contextvars import Context, Token, copy_context
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from crossway.balance import Endpoint, Outcome
+from crossway.balance import Call, Endpoint, Outcome
 from crossway.core.clock import Clock, SystemClock
 from crossway.proxy.admin import GatewayStats
-from crossway.proxy.clusters import Clusters
+from crossway.proxy.clusters import Cluster, Clusters
 from crossway.proxy.errors import (
     GatewayError,
     NoHealthyUpstream,
@@ -63,8 +64,10 @@ from crossway.proxy.errors import (
     render,
     render_rejected,
 )
+from crossway.proxy.fastpath import FastExchange
 from crossway.proxy.forward import RetriableStatus, forward
 from crossway.proxy.headers import ForwardingPolicy, Headers, HeaderView
+from crossway.proxy.http1 import RequestHead
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
 from crossway.proxy.overload import RetryBudgets, RetryGate, ServiceGuards
 from crossway.proxy.ratelimit import RateLimitExceeded, RateLimits, RouteLimit
@@ -78,10 +81,13 @@ from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import Backend, Duration, Route, seconds
 from crossway.proxy.routes.table import CompiledRoute, Match
 from crossway.proxy.stream import ClientBodyError, Stream
-from crossway.proxy.telemetry import GatewayTelemetry
+from crossway.proxy.telemetry import GatewayTelemetry, RequestTelemetry
 from crossway.proxy.upstream import UpstreamPool
 from crossway.resilience.redis_limiter import AsyncScriptingClient
 from crossway.telemetry.metrics import OTHER_METHOD
+
+if TYPE_CHECKING:
+    from crossway.proxy.server import Http1Stream
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 DEFAULT_TIMEOUT = 15.0
@@ -142,13 +148,29 @@ class Gateway:
             for endpoint in cluster.endpoints:
                 self.pool.endpoint((endpoint.address, endpoint.port)).limit_connections(most)
 
-    async def __call__(self, stream: Stream) -> None:
-        started = self._clock.now()
-        outcome = _Outcome(started)
+    def __call__(
+        self, stream: Stream, picked: tuple[str, Endpoint] | None = None
+    ) -> Coroutine[None, None, None]:
+        """Serve `stream`; `picked`: the endpoint of a service the first
+        attempt goes to, when the fast path picked it already."""
+        outcome = _Outcome(self._clock.now())
+        outcome.picked = picked
         telemetry = self.telemetry
         token = telemetry.begin(stream) if telemetry is not None else None
+        return self.complete(stream, outcome, self._handle(stream, self.config, outcome), token)
+
+    async def complete(
+        self,
+        stream: Stream,
+        outcome: _Outcome,
+        work: Coroutine[None, None, None],
+        token: Token[RequestTelemetry | None] | None,
+        context: Context | None = None,
+    ) -> None:
+        """Await `work`, answer what it raises, account for the request
+        (`context`: the one `token` was made in, when not the current one)."""
         try:
-            await self._handle(stream, self.config, outcome)
+            await work
         except GatewayError as error:
             outcome.status = error.status
             _answer_error(stream, error)
@@ -157,17 +179,91 @@ class Gateway:
             if not stream.response_started:
                 stream.send_local(render_rejected(error.rejected), close=True)
         finally:
-            # The last attempt's end, read once for the balancer, the outlier
-            # detector and the statistics, when the answer was relayed.
-            ended = outcome.ended or self._clock.now()
-            if self.stats is not None:
-                method = _METHODS.get(stream.head.method, OTHER_METHOD)
-                self.stats.observe(outcome.route, outcome.status, ended - started, method)
-            if telemetry is not None and token is not None:
-                telemetry.finish(token, stream, outcome.route, outcome.status, started, ended)
+            self.account(stream, outcome, token, context)
 
-    async def _handle(self, stream: Stream, config: GatewayConfig, outcome: _Outcome) -> None:
+    def account(
+        self,
+        stream: Stream,
+        outcome: _Outcome,
+        token: Token[RequestTelemetry | None] | None,
+        context: Context | None,
+    ) -> None:
+        """Statistics and telemetry for a request that is over."""
+        # The last attempt's end, read once for the balancer, the outlier
+        # detector and the statistics, when the answer was relayed.
+        started = outcome.started
+        ended = outcome.ended or self._clock.now()
+        if self.stats is not None:
+            method = _METHODS.get(stream.head.method, OTHER_METHOD)
+            self.stats.observe(outcome.route, outcome.status, ended - started, method)
+        telemetry = self.telemetry
+        if telemetry is not None and token is not None:
+            route, status = outcome.route, outcome.status
+            if context is None:
+                telemetry.finish(token, stream, route, status, started, ended)
+            else:
+                context.run(telemetry.finish, token, stream, route, status, started, ended)
+
+    def start(self, stream: Http1Stream) -> bool:
+        """The fast path (fastpath.py, server.py `FastStarter`): send a
+        bodiless request to a plain route's endpoint over an idle pooled
+        connection and let the answer be relayed by callback. False, having
+        done nothing, when the request needs anything more."""
         head = stream.head
+        if head.has_body or head.expect_continue:
+            return False
+        try:
+            found = self._lookup(head, self.config)
+        except NoRoute:
+            return False
+        match, plan, path, query = found.match, found.plan, found.path, found.query
+        backend = plan.plain
+        if backend is None or plan.limit is not None or plan.attempts > 1:
+            return False
+        if plan.edits.needs_origin:
+            return False
+        service = backend.service
+        if self.guards.get(service) is not None:
+            return False
+        route = match.route.route
+        started = self._clock.now()
+        endpoint = self.clusters.pick(service, route.balancer, None, started)
+        if endpoint is None:
+            return False
+        address = (endpoint.address, endpoint.port)
+        conn = self.pool.take_idle(address)
+        if conn is None:
+            # The general path connects, to this endpoint: a second pick
+            # would skew round robin and the like.
+            stream.resume(functools.partial(self, stream, (service, endpoint)))
+            return True
+        cluster = self.clusters.cluster(service)
+        if cluster.max_connections is not None:
+            self.pool.endpoint(address).limit_connections(cluster.max_connections)
+        outcome = _Outcome(started)
+        outcome.route = match.route.name
+        extra, drop = plan.edits.extra, plan.edits.drop
+        telemetry = self.telemetry
+        context = token = None
+        if telemetry is not None:
+            # The request's trace lives in a context of its own: callbacks of
+            # interleaved requests share the loop's.
+            context = copy_context()
+            token = context.run(telemetry.begin, stream)
+            extra, drop = context.run(telemetry.upstream, extra, drop, service, endpoint)
+        target = head.target
+        if not query and target.endswith(b"?"):
+            target = path.encode("latin-1")  # as a decided unchanged path is sent
+        timeout, _ = _attempt_timeout(plan, plan.timeout)
+        call = cluster.balancer(route.balancer).begin(endpoint)
+        exchange = FastExchange(
+            self, stream, conn, endpoint, cluster, call, outcome, token, context
+        )
+        exchange.send(target, extra, drop, timeout, route.max_request_bytes)
+        return True
+
+    def _lookup(self, head: RequestHead, config: GatewayConfig) -> _Lookup:
+        """The request's route and its plan; raises `NoRoute`."""
         path, _, query = head.target.decode("latin-1").partition("?")
         # Decoded only when a predicate or an action looks a header up.
         headers = HeaderView(head.headers)
@@ -176,10 +272,15 @@ class Gateway:
         match = config.table.match(method, path, host or None, headers, query)
         if match is None:
             raise NoRoute(f"no route for {method} {path}")
-        outcome.route = match.route.name
         plan = self._plans.get(match.route)
         if plan is None:
             plan = self._plan(match)
+        return _Lookup(match, plan, method, host, path, query, headers)
+
+    async def _handle(self, stream: Stream, config: GatewayConfig, outcome: _Outcome) -> None:
+        head = stream.head
+        match, plan, method, host, path, query, headers = self._lookup(head, config)
+        outcome.route = match.route.name
         if plan.limit is not None:
             await self._admit(plan.limit, stream)
         if plan.plain is not None:  # the decision is known: skip `decide`
@@ -302,8 +403,11 @@ class Gateway:
                 deadline = self._clock.now() + plan.timeout
         tried: set[str] = set()
         for attempt in range(attempts):
-            # The first pick reuses the request's start time for ejection expiry.
-            endpoint = self._pick(service, route, tried, None if tried else outcome.started)
+            picked = outcome.picked
+            if picked is not None and picked[0] == service:
+                outcome.picked, endpoint = None, picked[1]
+            else:  # the first pick reuses the request's start time for ejection expiry
+                endpoint = self._pick(service, route, tried, None if tried else outcome.started)
             if self.telemetry is not None:  # trace context and caller, upstream noted
                 extra, drop = self.telemetry.upstream(edits.extra, edits.drop, service, endpoint)
                 edits = edits._replace(extra=extra, drop=drop)
@@ -374,22 +478,35 @@ class Gateway:
             address = (endpoint.address, endpoint.port)
             self.pool.endpoint(address).limit_connections(cluster.max_connections)
         call = cluster.balancer(route.balancer).begin(endpoint)
+        exchange = forward(
+            stream,
+            (endpoint.address, endpoint.port),
+            pool=self.pool,
+            policy=self.options.policy,
+            timeout=timeout,
+            target=target,
+            extra_headers=edits.extra,
+            drop_headers=edits.drop,
+            edit_response=edits.response,
+            max_body=route.max_request_bytes,
+            upgrade=stream.head.upgrade is not None,
+            retry_statuses=retry_statuses,
+        )
+        return await self.settle(cluster, endpoint, call, outcome, exchange)
+
+    async def settle(
+        self,
+        cluster: Cluster,
+        endpoint: Endpoint,
+        call: Call,
+        outcome: _Outcome,
+        exchange: Coroutine[None, None, int],
+    ) -> int:
+        """Await an attempt's `exchange`; report its outcome to the balancer
+        (`call`) and the outlier detector."""
         try:  # what a `with` block did, without its __enter__/__exit__ calls
             try:
-                status = await forward(
-                    stream,
-                    (endpoint.address, endpoint.port),
-                    pool=self.pool,
-                    policy=self.options.policy,
-                    timeout=timeout,
-                    target=target,
-                    extra_headers=edits.extra,
-                    drop_headers=edits.drop,
-                    edit_response=edits.response,
-                    max_body=route.max_request_bytes,
-                    upgrade=stream.head.upgrade is not None,
-                    retry_statuses=retry_statuses,
-                )
+                status = await exchange
             except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout):
                 cluster.record(endpoint.id, Outcome.GATEWAY_ERROR)
                 raise
@@ -397,13 +514,19 @@ class Gateway:
                 cluster.record(endpoint.id, Outcome.from_status(retriable.status))
                 call.end(ok=retriable.status < 500)
                 raise
-            ended = outcome.ended = self._clock.now()
-            cluster.record(endpoint.id, Outcome.from_status(status), ended)
-            call.end(ok=status < 500, now=ended)
+            self.answered(cluster, endpoint, call, outcome, status)
             return status
         except BaseException:
             call.end(ok=False)  # the time spent still counts as an observation
             raise
+
+    def answered(
+        self, cluster: Cluster, endpoint: Endpoint, call: Call, outcome: _Outcome, status: int
+    ) -> None:
+        """An attempt's answer was relayed: its end for everyone who keeps time."""
+        ended = outcome.ended = self._clock.now()
+        cluster.record(endpoint.id, Outcome.from_status(status), ended)
+        call.end(ok=status < 500, now=ended)
 
     def _mirror(self, stream: Stream, service: str, route: Route, target: bytes) -> None:
         """Send a copy to the shadow service; its answer and failures are ignored."""
@@ -482,6 +605,7 @@ class Gateway:
         if route.timeout is None:
             return self.options.default_timeout
         return _seconds(route.timeout)
+
 
 
 def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
@@ -572,6 +696,16 @@ class _Edits(NamedTuple):
     drop: frozenset[bytes]
     response: Callable[[Headers], Headers] | None
     needs_origin: bool
+
+
+class _Lookup(NamedTuple):
+    match: Match
+    plan: _RoutePlan
+    method: str
+    host: str
+    path: str
+    query: str
+    headers: HeaderView
 
 
 class _RoutePlan(NamedTuple):
@@ -694,13 +828,14 @@ def _forget(tasks: set[asyncio.Task[int]]) -> Callable[[asyncio.Task[int]], None
 class _Outcome:
     """What one request came to, for the statistics."""
 
-    __slots__ = ("ended", "route", "started", "status")
+    __slots__ = ("ended", "picked", "route", "started", "status")
 
     def __init__(self, started: float) -> None:
         self.route = ""
         self.status = 0
         self.started = started
         self.ended = 0.0  # the clock when the last attempt's answer was relayed
+        self.picked: tuple[str, Endpoint] | None = None  # see `Gateway.__call__`
 
 
 class PayloadTooLarge(GatewayError):

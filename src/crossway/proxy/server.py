@@ -29,15 +29,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast, runtime_checkable
 
 from crossway.core.clock import Clock, SystemClock
 from crossway.proxy.errors import GatewayError, render, render_rejected
 from crossway.proxy.flow import Inbox, WriteGate
 from crossway.proxy.headers import Headers, Peer
 from crossway.proxy.http1 import (
+    END_OF_REQUEST,
     Body,
     EndOfRequest,
     Event,
@@ -69,6 +70,25 @@ class ServerLimits:
     parse: Limits = field(default_factory=Limits)
     keepalive_timeout: float = 75.0
     max_connections: int = 10_000
+
+
+@runtime_checkable
+class FastStarter(Protocol):
+    """A handler's fast path: begin answering a bodiless request without a
+    coroutine. True: it will call the stream's `settle` once the answer is
+    written, or `resume` with the coroutine that finishes it; False: serve
+    the request the usual way (nothing was done)."""
+
+    def start(self, stream: Http1Stream) -> bool: ...
+
+
+@dataclass(slots=True)
+class Resume:
+    """A request whose exchange began outside the connection's task (the
+    handler's fast path) and is finished inside it, in its turn."""
+
+    stream: Http1Stream
+    work: Callable[[], Awaitable[None]]
 
 
 class Http1Stream:
@@ -198,6 +218,31 @@ class Http1Stream:
             self._conn.must_close = True
         self._conn.write(response)
 
+    # -- the fast path (`FastStarter`) -------------------------------------
+
+    def respond(
+        self, status: int, headers: Headers, body: bytes, *, length: int | None, no_body: bool
+    ) -> None:
+        """A whole response in one write: `start_response`, `write`, `finish`."""
+        self.start_response(status, headers, length=length, no_body=no_body, defer=True)
+        framing = self._framing
+        if framing is Framing.NONE or not body:
+            wire = LAST_CHUNK if framing is Framing.CHUNKED else b""
+        elif framing is Framing.CHUNKED:
+            wire = encode_chunk(body) + LAST_CHUNK
+        else:
+            wire = body
+        self._conn.write(self._held + wire)
+        self._held = b""
+
+    def settle(self) -> None:
+        """The exchange begun by the fast path is over."""
+        self._conn.fast_settled()
+
+    def resume(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Finish the exchange begun by the fast path in the connection's task."""
+        self._conn.fast_resumed(Resume(self, work))
+
 
 class Http1Protocol(asyncio.Protocol):
     """The server side of one client connection."""
@@ -209,7 +254,7 @@ class Http1Protocol(asyncio.Protocol):
         self.gate = WriteGate()
         self.must_close = False
         self._transport: asyncio.Transport | None = None
-        self._inbox: Inbox[Event] | None = None
+        self._inbox: Inbox[Event | Resume] | None = None
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = float("inf")
@@ -217,6 +262,9 @@ class Http1Protocol(asyncio.Protocol):
         self._busy = False
         self._peer = Peer(address="")
         self._request_peer = self._peer  # the last request's (host, version)
+        self._starter: FastStarter | None = server.starter
+        self._fast = False  # an exchange begun by the fast path is in flight
+        self._held: list[Event] = []  # what arrived meanwhile
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -236,7 +284,16 @@ class Http1Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self._inbox is not None
         parser = self._parser
-        self._inbox.put(parser.receive(data))
+        events = parser.receive(data)
+        if self._fast:
+            # A request is being answered outside the task: what follows
+            # waits its turn, and reading stops until then (bounded memory).
+            self._held.extend(events)
+            if self._transport is not None:
+                self._transport.pause_reading()
+            return
+        if not self._start_fast(events):
+            self._inbox.put(events)
         if parser.state is State.HEAD:
             deadline = parser.header_deadline()
             if deadline is not None and deadline < self._timer_due:
@@ -262,6 +319,56 @@ class Http1Protocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.gate.resume()
 
+    # -- the fast path ---------------------------------------------------------
+
+    def _start_fast(self, events: list[Event]) -> bool:
+        """Offer a lone bodiless request, read whole while the connection is
+        idle, to the handler's fast path (`FastStarter`)."""
+        if (
+            len(events) != 2
+            or events[1] is not END_OF_REQUEST
+            or self._busy
+            or self._starter is None
+            or self.must_close
+        ):
+            return False
+        assert self._inbox is not None
+        first = events[0]
+        if type(first) is not RequestReceived or len(self._inbox):
+            return False
+        head = first.head
+        if head.upgrade is not None or not head.keep_alive or head.version != b"1.1":
+            return False
+        stream = self._stream(head)
+        self._busy = self._fast = True  # `start` may resume at once
+        if self._starter.start(stream):
+            return True
+        self._busy = self._fast = False
+        return False
+
+    def fast_settled(self) -> None:
+        self._fast = self._busy = False
+        self._last_active = self._clock.now()
+        if self.must_close:
+            self.close()
+            return
+        held = self._held
+        if held:
+            self._held = []
+            if self._transport is not None:
+                self._transport.resume_reading()
+            assert self._inbox is not None
+            if not self._start_fast(held):
+                self._inbox.put(held)
+
+    def fast_resumed(self, resume: Resume) -> None:
+        self._fast = False  # `_busy` stays: the task finishes the exchange
+        held, self._held = self._held, []
+        if held and self._transport is not None:
+            self._transport.resume_reading()
+        assert self._inbox is not None
+        self._inbox.put([resume, *held])
+
     # -- used by Http1Stream -------------------------------------------------
 
     def write(self, data: bytes) -> None:
@@ -269,7 +376,7 @@ class Http1Protocol(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def next_event(self) -> Coroutine[None, None, Event | None]:
+    def next_event(self) -> Coroutine[None, None, Event | Resume | None]:
         """The next request event (the Inbox's coroutine itself, not a wrapper)."""
         assert self._inbox is not None
         return self._inbox.get()
@@ -292,30 +399,37 @@ class Http1Protocol(asyncio.Protocol):
                 event = inbox.take() or await inbox.get()
                 if event is None:
                     break
+                work: Awaitable[None]
                 if type(event) is RequestReceived:
-                    # The exchange, inline rather than in a coroutine of its own.
-                    self._busy = True
                     stream = self._stream(event.head)
-                    try:
-                        await self._server.handler(stream)
-                    except ConnectionError:
-                        self.must_close = True
-                    except Exception:
-                        log.exception("handler failed")
-                        self._fail(stream)
-                    finally:
-                        self._busy = False
-                        self._last_active = self._clock.now()
-                    if not stream.response_started or not stream.body_done:
-                        self.must_close = True
-                elif type(event) is not EndOfRequest:  # a bodiless request's end: nothing to do
-                    self._dispatch(event)
+                    work = self._server.handler(stream)
+                elif type(event) is Resume:
+                    stream = event.stream
+                    work = event.work()
+                else:
+                    if type(event) is not EndOfRequest:  # a bodiless request's end: nothing to do
+                        self._dispatch(event)
+                    continue
+                # The exchange, inline rather than in a coroutine of its own.
+                self._busy = True
+                try:
+                    await work
+                except ConnectionError:
+                    self.must_close = True
+                except Exception:
+                    log.exception("handler failed")
+                    self._fail(stream)
+                finally:
+                    self._busy = False
+                    self._last_active = self._clock.now()
+                if not stream.response_started or not stream.body_done:
+                    self.must_close = True
         except ConnectionError:
             self.must_close = True
         finally:
             self.close()
 
-    def _dispatch(self, event: Event) -> None:
+    def _dispatch(self, event: Event | Resume) -> None:
         """Whatever comes between requests that is not one."""
         if isinstance(event, Rejected):
             self.write(render_rejected(event))
@@ -388,6 +502,7 @@ class ProxyServer:
         self.clock = clock or SystemClock()
         self.connections: set[Http1Protocol] = set()
         self._server: asyncio.Server | None = None
+        self.starter: FastStarter | None = handler if isinstance(handler, FastStarter) else None
 
     def connection_opened(self, conn: Http1Protocol) -> None:
         self.connections.add(conn)

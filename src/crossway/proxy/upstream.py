@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -67,6 +67,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._due: float | None = None  # the armed deadline (loop time)
         self._transport: asyncio.Transport | None = None
         self._inbox: Inbox[ResponseEvent] | None = None
+        # Set for an exchange begun outside a coroutine (the gateway's fast
+        # path): it is handed each read's events first and returns True when
+        # it took them, False to leave them (and the rest) to the Inbox.
+        self.relay: Callable[[list[ResponseEvent]], bool] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -77,7 +81,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self._inbox is not None
-        self._inbox.put(self.parser.receive(data))
+        events = self.parser.receive(data)
+        relay = self.relay
+        if relay is not None and relay(events):
+            return
+        self._inbox.put(events)
 
     def eof_received(self) -> bool:
         return False  # close our side too: HTTP/1.1 has no half-close use
@@ -86,7 +94,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.gate.lose()
         if self._inbox is not None:
-            self._inbox.put(self.parser.receive(b""))
+            events = self.parser.receive(b"")
+            relay = self.relay
+            if relay is None or not relay(events):
+                self._inbox.put(events)
             self._inbox.close()
 
     def pause_writing(self) -> None:

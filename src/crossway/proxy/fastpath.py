@@ -1,0 +1,210 @@
+# The gateway's fast path: a bodiless request answered whole, by callbacks.
+#
+# Theory of operation
+# -------------------
+# Most requests through a gateway are small GETs on plain routes whose
+# answer arrives in one read. The general path serves each in the client
+# connection's task: the request event wakes the task, the handler's
+# coroutines send the head, the task sleeps on the upstream connection's
+# Inbox and wakes again for the answer — two task switches and a dozen
+# coroutine frames per request, most of a request's CPU in this engine.
+#
+# The fast path does the same work from the protocols' callbacks:
+#
+#   1. `Http1Protocol.data_received` (server.py) offers a lone bodiless
+#      request, read whole while the connection is idle, to
+#      `Gateway.start`, which takes it only for a plain route (one
+#      backend, no decision that varies, no rate limit, no circuit
+#      breaking, one attempt) with an idle pooled connection to the picked
+#      endpoint; it writes the request head and arms `FastExchange` as the
+#      connection's `relay`.
+#   2. `UpstreamConnection.data_received` (upstream.py) hands the relay the
+#      events of each read. When they are a whole answer (head, body, end)
+#      the relay writes the client's response in one write, reports to the
+#      balancer, the outlier detector, the statistics and the telemetry,
+#      returns the connection to its pool and settles the stream, which
+#      lets the client connection read its next request.
+#   3. Anything else — an answer split over reads, a large or streamed
+#      body, a timeout, a closed connection, a broken response — falls back:
+#      the events go to the connection's Inbox as usual, and the stream is
+#      resumed in the client connection's task with `FastExchange.resume`,
+#      the general path's code from the point the head was sent (the same
+#      errors, 502/504 answers, stale-connection retry and accounting).
+#
+# Invariants
+# ----------
+# - A request the fast path declines is untouched: nothing was picked,
+#   taken from a pool, counted or sent.
+# - Exactly one of `settle` and `resume` is called per request started.
+# - The client connection reads nothing while a fast exchange is in flight
+#   (server.py holds what arrived and pauses reading), so pipelined requests
+#   are answered in order.
+# - The telemetry's per-request context lives in a `contextvars.Context`
+#   of its own: callbacks of interleaved requests share the loop's.
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine
+from contextvars import Context, Token
+from typing import TYPE_CHECKING
+
+from crossway.balance import Call, Endpoint
+from crossway.proxy.forward import _attempt, _Plan, _relay, _request_head, _response_head, _Stale
+from crossway.proxy.headers import Headers, forward_response
+from crossway.proxy.http1 import Body
+from crossway.proxy.http1_wire import EndOfResponse, Framing, ResponseEvent, ResponseReceived
+from crossway.proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from crossway.proxy.clusters import Cluster
+    from crossway.proxy.gateway import Gateway, _Outcome
+    from crossway.proxy.server import Http1Stream
+    from crossway.proxy.telemetry import RequestTelemetry
+
+log = logging.getLogger(__name__)
+
+
+class FastExchange:
+    """One request on the fast path, from its head sent to its answer."""
+
+    __slots__ = (
+        "call",
+        "cluster",
+        "conn",
+        "context",
+        "endpoint",
+        "gateway",
+        "outcome",
+        "plan",
+        "reused",
+        "stream",
+        "token",
+    )
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        stream: Http1Stream,
+        conn: UpstreamConnection,
+        endpoint: Endpoint,
+        cluster: Cluster,
+        call: Call,
+        outcome: _Outcome,
+        token: Token[RequestTelemetry | None] | None,
+        context: Context | None,
+    ) -> None:
+        self.gateway = gateway
+        self.stream = stream
+        self.conn = conn
+        self.endpoint = endpoint
+        self.cluster = cluster
+        self.call = call
+        self.outcome = outcome
+        self.token = token
+        self.context = context
+        self.reused = conn.exchanges > 0
+
+    def send(
+        self,
+        target: bytes,
+        extra: Headers,
+        drop: frozenset[bytes],
+        timeout: float,
+        max_body: int | None,
+    ) -> None:
+        """Write the request head upstream and wait for the answer by callback."""
+        conn = self.conn
+        policy = self.gateway.options.policy
+        wire = _request_head(self.stream, policy, target, extra, drop, conn.address)
+        self.plan = _Plan(wire, timeout, policy, None, max_body, frozenset())
+        conn.begin(self.stream.head.method)
+        conn.relay = self
+        conn.write(wire)
+        conn.arm_timeout(timeout)
+
+    def __call__(self, events: list[ResponseEvent]) -> bool:
+        """`UpstreamConnection.relay`: True when `events` were taken."""
+        conn = self.conn
+        if not events and not conn.closed:
+            return True  # part of a head: wait for the next read
+        conn.relay = None
+        count = len(events)
+        if (
+            1 < count < 4
+            and type(events[0]) is ResponseReceived
+            and type(events[-1]) is EndOfResponse
+            and (count == 2 or type(events[1]) is Body)
+        ):
+            head = events[0].head
+            body = events[1].data if count == 3 else b""  # type: ignore[union-attr]
+            try:
+                self._answer(head.status, head.headers, body, head.framing, head.content_length)
+            except Exception:  # a bug here must not leave the client waiting
+                log.exception("relaying an upstream answer failed")
+                self._abandon()
+            return True
+        self.stream.resume(self.resume)
+        return False
+
+    def _answer(
+        self, status: int, headers: Headers, body: bytes, framing: Framing, length: int | None
+    ) -> None:
+        gateway = self.gateway
+        stream = self.stream
+        conn = self.conn
+        conn.disarm_timeout()
+        no_body = framing is Framing.NONE
+        headers = forward_response(headers, b"1.1", self.plan.policy)
+        if not no_body:
+            length = len(body)  # whole: chunked or not, it leaves with a length
+        stream.respond(status, headers, body, length=length, no_body=no_body)
+        outcome = self.outcome
+        outcome.status = status
+        gateway.answered(self.cluster, self.endpoint, self.call, outcome, status)
+        gateway.pool.release(conn)
+        gateway.account(stream, outcome, self.token, self.context)
+        stream.settle()
+
+    def _abandon(self) -> None:
+        self.conn.close()
+        self.gateway.pool.release(self.conn)
+        self.call.end(ok=False)
+        self.stream.abort()
+        self.outcome.status = 502
+        self.gateway.account(self.stream, self.outcome, self.token, self.context)
+        self.stream.settle()
+
+    def resume(self) -> Coroutine[None, None, None]:
+        """The rest of the exchange on the general path, in the client
+        connection's task (see the module header, step 3)."""
+        gateway = self.gateway
+        exchange = _receive(self.stream, self.conn, gateway.pool, self.plan, reused=self.reused)
+        attempt = gateway.settle(self.cluster, self.endpoint, self.call, self.outcome, exchange)
+        work = _record_status(attempt, self.outcome)
+        return gateway.complete(self.stream, self.outcome, work, self.token, self.context)
+
+
+async def _record_status(attempt: Coroutine[None, None, int], outcome: _Outcome) -> None:
+    outcome.status = await attempt
+
+
+async def _receive(
+    stream: Http1Stream, conn: UpstreamConnection, pool: UpstreamPool, plan: _Plan, *, reused: bool
+) -> int:
+    """What `forward` does once a bodiless request's head is written."""
+    try:
+        try:
+            try:
+                event = await conn.next_event()
+            finally:
+                conn.disarm_timeout()
+            response = _response_head(conn, event, None, plan.timeout, retry_ok=reused)
+            await _relay(stream, conn, response, plan)
+            return response.status
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            pool.release(conn)
+    except _Stale:
+        return await _attempt(stream, conn.address, pool, plan, fresh=True)
