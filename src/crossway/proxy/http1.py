@@ -43,7 +43,7 @@
 # way in (HTTP field names are case-insensitive; it makes lookups cheap).
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import httptools
@@ -138,20 +138,34 @@ class _Refuse(Exception):
 _BAD_REQUEST = (400, "bad_request")
 
 
-@dataclass(slots=True)
 class _Draft:
-    """What the callbacks accumulate for the request being parsed."""
+    """What the callbacks accumulate for the request being parsed (a plain
+    class: made per request, and a dataclass's field factories cost more)."""
 
-    url: bytearray = field(default_factory=bytearray)
-    headers: Headers = field(default_factory=list)
-    head_bytes: int = 0
-    content_length: int | None = None
-    te: bytes | None = None
-    hosts: int = 0
-    host: bytes | None = None
-    expect: bytes | None = None
-    upgrade: bytes | None = None
-    body_bytes: int = 0
+    __slots__ = (
+        "body_bytes",
+        "content_length",
+        "expect",
+        "head_bytes",
+        "headers",
+        "host",
+        "hosts",
+        "te",
+        "upgrade",
+        "url",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: Headers = []
+        self.head_bytes = 0
+        self.content_length: int | None = None
+        self.te: bytes | None = None
+        self.hosts = 0
+        self.host: bytes | None = None
+        self.expect: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.body_bytes = 0
 
 
 class ServerConnection:
@@ -348,17 +362,17 @@ class ServerConnection:
         method = parser.get_method()
         self._check_version(version, draft)
         self._check_semantics(method, draft)
-        return RequestHead(
-            method=method,
-            target=bytes(draft.url),
-            version=version.encode(),
-            headers=draft.headers,
-            content_length=draft.content_length,
-            chunked=draft.te is not None,
-            keep_alive=parser.should_keep_alive(),
-            expect_continue=draft.expect is not None,
-            upgrade=draft.upgrade if parser.should_upgrade() else None,
-            host=draft.host,
+        return RequestHead(  # positional: keywords cost more, once per request
+            method,
+            draft.url,
+            _VERSIONS.get(version) or version.encode(),
+            draft.headers,
+            draft.content_length,
+            draft.te is not None,
+            parser.should_keep_alive(),
+            draft.expect is not None,
+            draft.upgrade if draft.upgrade is not None and parser.should_upgrade() else None,
+            draft.host,
         )
 
     def _check_version(self, version: str, draft: _Draft) -> None:
@@ -416,6 +430,8 @@ def _on_expect(conn: ServerConnection, draft: _Draft, value: bytes) -> None:
 def _on_upgrade(conn: ServerConnection, draft: _Draft, value: bytes) -> None:
     draft.upgrade = value.strip()
 
+
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
 _FRAMING = {
     b"content-length": _on_content_length,

@@ -242,11 +242,6 @@ class ResponseParser:
             elif name == b"transfer-encoding":
                 chunked = value.rstrip().lower().endswith(b"chunked")
         no_body = self._method == b"HEAD" or status in (101, 204, 304)
-        return ResponseHead(
-            status=status,
-            headers=self._headers,
-            content_length=length,
-            chunked=chunked,
-            keep_alive=self._parser.should_keep_alive(),
-            no_body=no_body,
+        return ResponseHead(  # positional: keywords cost more, once per response
+            status, self._headers, length, chunked, self._parser.should_keep_alive(), no_body
         )
