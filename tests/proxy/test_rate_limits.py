@@ -24,6 +24,7 @@ from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import decode_route
 from crossway.proxy.upstream import UpstreamPool
 from crossway.resilience.redis_limiter import AsyncScriptingClient
+from crossway.resilience.resp import AsyncRespClient
 from crossway.testing.services import free_port
 
 from .test_gateway import endpoint, running
@@ -81,7 +82,11 @@ async def test_a_local_limit_by_header_gives_each_value_its_budget() -> None:
 
 async def test_a_global_limit_on_redis_is_shared_by_two_gateways(redis_url: str) -> None:
     route_name = f"shared-{uuid.uuid4().hex[:12]}"
-    clients = [aioredis.Redis.from_url(redis_url) for _ in range(2)]
+    # One gateway on redis-py, one on the lean client the `gateway` command uses.
+    clients: list[aioredis.Redis[bytes] | AsyncRespClient] = [
+        aioredis.Redis.from_url(redis_url),
+        AsyncRespClient.from_url(redis_url),
+    ]
     limit = {"rate": "1/m", "burst": 5, "key": "route", "scope": "global"}
     try:
         async with uvicorn_upstream() as port:
@@ -92,18 +97,23 @@ async def test_a_global_limit_on_redis_is_shared_by_two_gateways(redis_url: str)
                     *(c.get(f"/{i}") for i in range(10) for c in (first, second))
                 )
     finally:
-        keys = [k async for k in clients[0].scan_iter(match=f"{REDIS_PREFIX}{route_name}:*")]
+        admin = aioredis.Redis.from_url(redis_url)
+        keys = [k async for k in admin.scan_iter(match=f"{REDIS_PREFIX}{route_name}:*")]
         if keys:
-            await clients[0].delete(*keys)
-        for client in clients:
-            await client.aclose()
+            await admin.delete(*keys)
+        for client in (*clients, admin):
+            await client.aclose()  # type: ignore[union-attr]
     statuses = sorted(a.status_code for a in answers)
     assert statuses == [200] * 5 + [429] * 15
 
 
-async def test_a_global_limit_fails_open_when_redis_is_unreachable() -> None:
-    dead = aioredis.Redis.from_url(
-        f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2, socket_timeout=0.2
+@pytest.mark.parametrize("lean", [False, True], ids=["redis-py", "lean-client"])
+async def test_a_global_limit_fails_open_when_redis_is_unreachable(lean: bool) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    dead: aioredis.Redis[bytes] | AsyncRespClient = (
+        AsyncRespClient.from_url(url, socket_timeout=0.2, connect_timeout=0.2)
+        if lean
+        else aioredis.Redis.from_url(url, socket_connect_timeout=0.2, socket_timeout=0.2)
     )
     try:
         async with uvicorn_upstream() as port:
@@ -111,7 +121,7 @@ async def test_a_global_limit_fails_open_when_redis_is_unreachable() -> None:
             async with running(gw) as client:
                 statuses = [(await client.get(f"/{i}")).status_code for i in range(3)]
     finally:
-        await dead.aclose()
+        await dead.aclose()  # type: ignore[union-attr]
     assert statuses == [200, 200, 200]
     assert gw.stats is not None
     assert gw.stats.rate_limit_unavailable["limited"] == 3

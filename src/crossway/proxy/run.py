@@ -55,6 +55,7 @@ from crossway.proxy.telemetry import (
 )
 from crossway.proxy.tls import server_context
 from crossway.proxy.upstream import UpstreamPool
+from crossway.resilience.resp import AsyncRespClient
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,10 +138,14 @@ async def serve_gateway(
         await asyncio.Event().wait()
 
 
-def _redis(settings: GatewaySettings, config: GatewayConfig) -> aioredis.Redis[bytes] | None:
-    """The client for global rate limits (not connected yet: redis-py
-    connects on first use). Raises InvalidArgument for a URL it cannot use,
-    or a config file with global limits and no Redis, naming the routes."""
+def _redis(
+    settings: GatewaySettings, config: GatewayConfig
+) -> AsyncRespClient | aioredis.Redis[bytes] | None:
+    """The client for global rate limits (not connected yet: both connect on
+    first use): the lean pipelined one for `redis://`, redis-py for what
+    only it speaks (`rediss://`, `unix://`). Raises InvalidArgument for a URL
+    neither can use, or a config file with global limits and no Redis,
+    naming the routes."""
     url = settings.redis_url or config.redis_url
     if url is None:
         needing = routes_needing_redis(config.routes.items())
@@ -152,6 +157,10 @@ def _redis(settings: GatewaySettings, config: GatewayConfig) -> aioredis.Redis[b
             )
         return None
     try:
+        if url.startswith("redis://"):
+            return AsyncRespClient.from_url(
+                url, socket_timeout=REDIS_DEADLINE, connect_timeout=REDIS_DEADLINE
+            )
         return aioredis.Redis.from_url(
             url, socket_timeout=REDIS_DEADLINE, socket_connect_timeout=REDIS_DEADLINE
         )
@@ -159,9 +168,9 @@ def _redis(settings: GatewaySettings, config: GatewayConfig) -> aioredis.Redis[b
         raise InvalidArgument(f"redis url {url!r}: {exc}", field="redis_url") from None
 
 
-async def _close_redis(client: aioredis.Redis[bytes]) -> None:
+async def _close_redis(client: AsyncRespClient | aioredis.Redis[bytes]) -> None:
     # redis-py 5+ names it aclose; the typeshed stubs still know only close.
-    await client.aclose()  # type: ignore[attr-defined]
+    await client.aclose()  # type: ignore[union-attr]
 
 
 def _telemetry_settings(settings: GatewaySettings, config: GatewayConfig) -> TelemetrySettings:
