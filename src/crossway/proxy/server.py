@@ -31,7 +31,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, cast
 
 from crossway.core.clock import Clock, SystemClock
 from crossway.proxy.errors import GatewayError, render, render_rejected
@@ -72,7 +72,6 @@ class ServerLimits:
     max_connections: int = 10_000
 
 
-@runtime_checkable
 class FastStarter(Protocol):
     """A handler's fast path: begin answering a bodiless request without a
     coroutine. True: it will call the stream's `settle` once the answer is
@@ -502,7 +501,9 @@ class ProxyServer:
         self.clock = clock or SystemClock()
         self.connections: set[Http1Protocol] = set()
         self._server: asyncio.Server | None = None
-        self.starter: FastStarter | None = handler if isinstance(handler, FastStarter) else None
+        # A handler with a `start` method offers the fast path (FastStarter).
+        has_start = callable(getattr(handler, "start", None))
+        self.starter: FastStarter | None = cast(FastStarter, handler) if has_start else None
 
     def connection_opened(self, conn: Http1Protocol) -> None:
         self.connections.add(conn)
