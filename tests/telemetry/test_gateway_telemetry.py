@@ -9,6 +9,8 @@ import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import cast
 
 import httpx2
 import pytest
@@ -18,9 +20,12 @@ from crossway.core.clock import SystemClock
 from crossway.core.errors import InvalidArgument
 from crossway.proxy.clusters import Clusters
 from crossway.proxy.gateway import Gateway
+from crossway.proxy.headers import Peer
+from crossway.proxy.http1 import RequestHead
 from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import decode_route
 from crossway.proxy.server import ProxyServer
+from crossway.proxy.stream import Stream
 from crossway.proxy.telemetry import (
     AccessLog,
     AccessLogMode,
@@ -41,6 +46,7 @@ from crossway.telemetry.traces.zipkin import decode_spans
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 ROUTE = {"match": {"path_prefix": "/shop"}, "backends": [{"service": "shop"}]}
+SHOP_1 = Endpoint("shop-1", "127.0.0.1", 9)
 
 
 @dataclass
@@ -49,6 +55,8 @@ class Upstream:
 
     port: int = 0
     heads: list[dict[str, str]] = field(default_factory=list)
+    fields: list[list[str]] = field(default_factory=list)
+    """Each head's field names in order, repeats kept."""
 
 
 @contextlib.asynccontextmanager
@@ -63,6 +71,7 @@ async def upstream() -> AsyncIterator[Upstream]:
                 found.heads.append(
                     {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
                 )
+                found.fields.append([x.partition(":")[0].lower() for x in lines[1:] if x])
                 status = (
                     lines[0].split("status=")[1].split(" ")[0] if "status=" in lines[0] else "200"
                 )
@@ -85,6 +94,20 @@ class ControlPlane:
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         self.spans.extend(decode_spans(request.content))
         return httpx2.Response(202)
+
+
+def fake_stream(headers: list[tuple[bytes, bytes]]) -> Stream:
+    head = RequestHead(
+        b"GET", b"/shop/a", b"HTTP/1.1", headers, None, False, True, False, None, b"shop"
+    )
+    return cast(Stream, SimpleNamespace(head=head, peer=Peer("127.0.0.1")))
+
+
+def reporter_for(cp: ControlPlane | None = None) -> SpanReporter:
+    handler = cp.handle if cp is not None else (lambda _request: httpx2.Response(202))
+    return SpanReporter(
+        "http://cp", client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    )
 
 
 @dataclass
@@ -111,9 +134,7 @@ async def rig(
 ) -> AsyncIterator[Rig]:
     cp = ControlPlane()
     recorder = Recorder("gateway", side="client")
-    reporter = SpanReporter(
-        "http://cp", client=httpx2.AsyncClient(transport=httpx2.MockTransport(cp.handle))
-    )
+    reporter = reporter_for(cp)
     sink = io.BytesIO()
     clock = SystemClock()
     telemetry = GatewayTelemetry(
@@ -191,6 +212,73 @@ async def test_a_request_without_context_starts_a_trace_and_b3_is_answered_in_ki
     assert multi_head["x-b3-spanid"] == m_span.id
     assert multi_head["x-b3-parentspanid"] == CLIENT_SPAN
     assert multi_head["x-b3-traceid"] == TRACE_ID
+
+
+async def test_what_a_client_sent_of_trace_fields_or_caller_never_reaches_the_upstream() -> None:
+    async with rig() as r:
+        spoofed = {"x-crossway-caller": "billing", "traceparent": "garbage", "x-b3-flags": "1"}
+        await r.http.get("/shop/a", headers=spoofed)
+        await r.http.get("/shop/b")
+        spans = {s.tags["url.path"]: s for s in await r.spans()}
+    paths = ["/shop/a", "/shop/b"]
+    for head, fields, path in zip(r.upstream.heads, r.upstream.fields, paths, strict=True):
+        assert fields.count("traceparent") == 1
+        assert fields.count("x-crossway-caller") == 1
+        assert "x-b3-flags" not in fields
+        assert head["x-crossway-caller"] == "gateway"
+        span = spans[path]
+        assert span.parent_id is None  # an unreadable traceparent starts a new trace
+        assert head["traceparent"] == f"00-{span.trace_id}-{span.id}-03"
+
+
+async def test_each_span_carries_its_own_request_among_many_on_one_route() -> None:
+    async with rig() as r:
+        for path in ["/shop/a", "/shop/b", "/shop/a", "/shop/a?status=503", "/shop/a"]:
+            await r.http.get(path)
+        spans = await r.spans()
+    assert [s.tags["url.path"] for s in spans] == ["/shop/a", "/shop/b"] + ["/shop/a"] * 3
+    assert [s.tags["http.response.status_code"] for s in spans] == ["200"] * 3 + ["503", "200"]
+    assert [s.is_error for s in spans] == [False, False, False, True, False]
+    assert spans[3].tags["error"] == "503"
+    assert len({s.id for s in spans}) == len({s.trace_id for s in spans}) == 5
+    assert all(
+        s.name == "get shop-route" and s.service == "gateway" for s in spans
+    )  # lower-cased on ingest
+    assert all(s.duration is not None and s.duration >= 1 for s in spans)
+
+
+async def test_golden_signals_count_every_request_across_pushes() -> None:
+    async with rig() as r:
+        for _ in range(2):
+            await r.http.get("/shop/a")
+        first = r.recorder.snapshot()
+        await r.http.get("/shop/a")
+        await r.http.get("/shop/a?status=503")
+        second = r.recorder.snapshot()
+    assert first is not None
+    assert second is not None
+    assert [(s.status_class, s.count, s.errors) for s in first.series] == [("2xx", 2, 0)]
+    by_class = {s.status_class: (s.count, s.errors) for s in second.series}
+    assert by_class == {"2xx": (1, 0), "5xx": (1, 1)}
+
+
+async def test_the_steps_may_be_called_with_the_request_instead_of_the_context() -> None:
+    telemetry = GatewayTelemetry(
+        clock=SystemClock(), recorder=Recorder("gateway", side="client"), reporter=reporter_for()
+    )
+    stream = fake_stream([(b"traceparent", f"00-{TRACE_ID}-{CLIENT_SPAN}-01".encode())])
+    request = telemetry.begin_request(stream)
+    extra, drop = telemetry.upstream_for(request, [], frozenset(), "shop", SHOP_1)
+    assert b"traceparent" in drop
+    assert dict(extra)[b"traceparent"] == f"00-{TRACE_ID}-{request.span_id}-01".encode()
+    telemetry.finish_request(request, stream, "shop-route", 200, 10.0, 10.25)
+    assert telemetry.reporter is not None
+    assert len(telemetry.reporter) == 1
+    assert telemetry.recorder is not None
+    push = telemetry.recorder.snapshot()
+    assert push is not None
+    [series] = push.series
+    assert (series.count, series.sum) == (1, 0.25)
 
 
 async def test_an_unsampled_request_passes_its_decision_on_and_records_no_span() -> None:

@@ -114,3 +114,21 @@ async def test_pusher_survives_an_unreachable_control_plane() -> None:
     assert pusher.stats.failed == 1
     await pusher.aclose()
     await client.aclose()
+
+
+def test_a_kept_cell_counts_until_the_next_snapshot_retires_it() -> None:
+    r = Recorder("gateway", side="client")
+    generation = r.generation
+    cell = r.cell("/books", "GET", 503, service="books")
+    assert r.cell("/books", "GET", 500, service="books") is cell  # one cell per status class
+    cell.add(0.25)
+    cell.add(0.5)
+    r.record("/books", "GET", 502, 0.25, service="books")  # the same cell, under the lock
+    push = r.snapshot()
+    assert push is not None
+    [series] = push.series
+    assert (series.service, series.caller, series.status_class) == ("books", "gateway", "5xx")
+    assert (series.count, series.errors, series.sum) == (3, 3, 1.0)
+    assert r.generation != generation
+    assert r.cell("/books", "GET", 503, service="books") is not cell
+    assert r.snapshot() is None  # a cell handed out but never added to is not pushed

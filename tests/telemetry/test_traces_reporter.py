@@ -90,6 +90,31 @@ async def test_a_full_batch_is_sent_without_waiting_for_the_interval() -> None:
         await reporter.aclose()
 
 
+async def test_a_full_batch_goes_alone_and_the_rest_waits_to_fill_the_next() -> None:
+    collector = Collector()
+    reporter = SpanReporter(
+        "http://cp", batch_size=5, flush_interval=60.0, client=collector.client()
+    )
+    await reporter.start()
+    try:
+        for n in range(7):  # the wake-up for the fifth comes after all seven are queued
+            reporter.record(span(n))
+        async with asyncio.timeout(5):
+            while not collector.batches:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert [len(b) for b in collector.batches] == [5]
+        assert len(reporter) == 2
+        for n in range(7, 10):
+            reporter.record(span(n))
+        async with asyncio.timeout(5):
+            while len(collector.batches) < 2:
+                await asyncio.sleep(0.01)
+        assert [len(b) for b in collector.batches] == [5, 5]
+    finally:
+        await reporter.aclose()
+
+
 async def test_the_interval_sends_a_partial_batch() -> None:
     collector = Collector()
     reporter = SpanReporter("http://cp", flush_interval=0.05, client=collector.client())

@@ -25,12 +25,25 @@
 #                        route = route name), one span if sampled, one access
 #                        log line if the access log takes it.
 #
-# The hot path stays cheap: the gateway's own two clock reads are reused (a
-# span's wall-clock start is the monotonic start plus an offset taken once),
-# the recorder's cells are keyed by small tuples of strings already at hand,
-# and with the access log off nothing is formatted per request. The
-# recorder is pushed by a `StatsPusher`, the spans sent by a `SpanReporter`
-# (crossway.telemetry), both owned here and started after fork.
+# `begin_request`, `upstream_for` and `finish_request` are the same three
+# steps without the context variable, for a caller that keeps the
+# `RequestTelemetry` itself (one set and one reset fewer per request).
+#
+# The hot path stays cheap:
+# - the gateway's own two clock reads are reused (a span's wall-clock start
+#   is the monotonic start plus an offset taken once);
+# - one 192-bit draw makes the trace id and the span id;
+# - a client that sent no trace field and no caller header (most) has
+#   nothing to drop upstream: the route's removals are passed on unchanged,
+#   and only `x-crossway-caller` and `traceparent` are added;
+# - the signals go straight into the recorder's cell for the request's key,
+#   kept here until the recorder's next snapshot (`Recorder.cell`);
+# - a span's tags and name repeat from one request of a route to the next:
+#   they are worked out and JSON-encoded once per distinct set, and each
+#   span carries the encoded bytes, so encoding a batch of spans copies them;
+# - with the access log off nothing is formatted per request.
+# The recorder is pushed by a `StatsPusher`, the spans sent in batches by a
+# `SpanReporter` (crossway.telemetry), both owned here and started after fork.
 #
 # Access log: JSON lines on stdout (see docs/gateway.md for the fields);
 # `off`, `full`, or `sample:R` — every 5xx or unanswered request, and a
@@ -50,6 +63,7 @@ import os
 import random
 import socket
 import sys
+from bisect import bisect_left
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -63,7 +77,8 @@ from crossway.core.clock import Clock
 from crossway.core.errors import InvalidArgument
 from crossway.proxy.headers import Headers
 from crossway.proxy.stream import Stream
-from crossway.telemetry.signals.recorder import Recorder, StatsPusher
+from crossway.telemetry.signals.histogram import BOUNDS
+from crossway.telemetry.signals.recorder import Cell, Recorder, StatsPusher
 from crossway.telemetry.tracecontext import (
     RANDOM_TRACE_ID,
     SAMPLED,
@@ -84,6 +99,8 @@ from crossway.telemetry.traces.spans import (
     HttpServerSpan,
     HttpServerTags,
     Sampler,
+    encoded_endpoint,
+    encoded_tags,
     error_tag,
     span_name,
 )
@@ -99,18 +116,14 @@ GATEWAY_BUFFER = 20_000
 _DROPPED = TRACE_FIELDS | {CALLER}
 _HEX = [f"{flags:02x}" for flags in range(256)]
 _CACHE_LIMIT = 4096
-_STATUS_TEXT = [str(status) for status in range(600)]
-_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
-
-
-def _new_ids() -> tuple[str, str]:
-    """A new trace id and span id from one 192-bit draw (the request path's
-    share of `new_trace_id()` + `new_span_id()`, at half the calls)."""
-    text = random.getrandbits(192).to_bytes(24).hex()
-    trace_id, span_id = text[:32], text[32:]
-    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-        return new_trace_id(), new_span_id()
-    return trace_id, span_id
+_STATUS_TEXT = [str(status) if status else None for status in range(600)]
+_ERROR_TAG = [error_tag(status, None) for status in range(600)]
+_METHODS = {
+    name.encode(): name
+    for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+}
+_SPAN_ID_BITS = (1 << 64) - 1
+_getrandbits = random.getrandbits
 
 
 class RequestTelemetry:
@@ -123,6 +136,7 @@ class RequestTelemetry:
     __slots__ = (
         "b3",
         "flags",
+        "foreign",
         "injected",
         "parent_id",
         "service",
@@ -132,13 +146,16 @@ class RequestTelemetry:
         "upstream",
     )
 
-    def __init__(self) -> None:
-        self.trace_id = ""  # "" with tracing off
-        self.span_id = ""  # the gateway span's id
+    def __init__(self, trace_id: str = "", span_id: str = "", flags: int = 0) -> None:
+        self.trace_id = trace_id  # "" with tracing off
+        self.span_id = span_id  # the gateway span's id
+        self.flags = flags
         self.parent_id: str | None = None  # the client's span, if it sent one
-        self.flags = 0
         self.tracestate = ""
         self.b3 = ""  # "", "single" or "multi": the form the client sent
+        # The client sent trace fields or the caller header, which the
+        # upstream request must not carry; most clients send neither.
+        self.foreign = False
         self.service = ""  # the backend service, once chosen
         self.upstream: Upstream | None = None
         self.injected = False  # the edits of a retry already carry the headers
@@ -154,6 +171,8 @@ class RequestTelemetry:
 
 
 _CURRENT: ContextVar[RequestTelemetry | None] = ContextVar("crossway_gateway_request", default=None)
+_SpanKey = tuple[str, str, int, bytes, bytes | None, str, str, int]
+"""(method, route, status, target, host, client address, service, id(upstream))."""
 
 
 def extract_fields(headers: Headers) -> tuple[TraceContext | None, str]:
@@ -269,13 +288,18 @@ class GatewayTelemetry:
         self.access_log = access_log
         self.name = name
         self._caller = name.encode("latin-1")
-        self._local = Endpoint(service_name=name)
+        self._caller_field = (CALLER, self._caller)
+        self._local = encoded_endpoint(Endpoint(service_name=name))
         # Spans need wall-clock times; the gateway reads a monotonic clock.
         self._wall_offset = clock.wall() - clock.now()
         self._flusher: asyncio.Task[None] | None = None
         self._drops: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._addresses: dict[tuple[str, int], str] = {}
-        self._names: dict[tuple[str, str], str] = {}
+        # What the requests of one route share, worked out once (see `_span`
+        # and `_count`); each bounded, cleared when full.
+        self._span_parts: dict[_SpanKey, tuple[msgspec.Raw, str, Upstream | None]] = {}
+        self._cells: dict[tuple[str, str, str, int], Cell] = {}
+        self._cells_generation = -1
 
     async def start(self) -> None:
         """Start pushing, sending and flushing the access log (after fork)."""
@@ -309,22 +333,47 @@ class GatewayTelemetry:
                 self.access_log.flush()
 
     # -- per request -------------------------------------------------------------------
+    #
+    # `begin`, `upstream` and `finish` find the request in a context variable;
+    # `begin_request`, `upstream_for` and `finish_request` are the same steps
+    # for a caller that keeps the `RequestTelemetry` itself and passes it on.
 
     def begin(self, stream: Stream) -> Token[RequestTelemetry | None]:
-        request = RequestTelemetry()
-        if self.reporter is not None:
-            parent, request.b3 = extract_fields(stream.head.headers)
-            if parent is None:
-                request.trace_id, request.span_id = _new_ids()
-                sampled = self.sampler.sample_new()
-                request.flags = RANDOM_TRACE_ID | SAMPLED if sampled else RANDOM_TRACE_ID
-            else:
-                request.span_id = new_span_id()
-                request.trace_id = parent.trace_id
-                request.parent_id = parent.span_id
-                request.flags = parent.flags & (SAMPLED | RANDOM_TRACE_ID)
-                request.tracestate = format_tracestate(parent.tracestate)
-        return _CURRENT.set(request)
+        return _CURRENT.set(self.begin_request(stream))
+
+    def begin_request(self, stream: Stream) -> RequestTelemetry:
+        """The request's telemetry: its trace context, continued from the
+        client's or new (see the module header)."""
+        if self.reporter is None:
+            return RequestTelemetry()
+        headers = stream.head.headers
+        for name, _ in headers:
+            if name in _DROPPED:
+                return self._from_client(headers)
+        return self._new_trace()
+
+    def _new_trace(self) -> RequestTelemetry:
+        # One 192-bit draw for the trace id and the span id (half the calls
+        # of `new_trace_id()` + `new_span_id()`).
+        bits = _getrandbits(192)
+        flags = RANDOM_TRACE_ID | SAMPLED if self.sampler.sample_new() else RANDOM_TRACE_ID
+        if not bits >> 64 or not bits & _SPAN_ID_BITS:  # an all-zero id is invalid
+            return RequestTelemetry(new_trace_id(), new_span_id(), flags)
+        text = bits.to_bytes(24).hex()
+        return RequestTelemetry(text[:32], text[32:], flags)
+
+    def _from_client(self, headers: Headers) -> RequestTelemetry:
+        parent, b3 = extract_fields(headers)
+        if parent is None:
+            request = self._new_trace()
+        else:
+            flags = parent.flags & (SAMPLED | RANDOM_TRACE_ID)
+            request = RequestTelemetry(parent.trace_id, new_span_id(), flags)
+            request.parent_id = parent.span_id
+            request.tracestate = format_tracestate(parent.tracestate)
+            request.b3 = b3
+        request.foreign = True
+        return request
 
     def upstream(
         self, extra: Headers, drop: frozenset[bytes], service: str, endpoint: Upstream
@@ -334,17 +383,33 @@ class GatewayTelemetry:
         request = _CURRENT.get()
         if request is None:
             return extra, drop
+        return self.upstream_for(request, extra, drop, service, endpoint)
+
+    def upstream_for(
+        self,
+        request: RequestTelemetry,
+        extra: Headers,
+        drop: frozenset[bytes],
+        service: str,
+        endpoint: Upstream,
+    ) -> tuple[Headers, frozenset[bytes]]:
+        """`upstream` for `request`."""
         request.service = service
         request.upstream = endpoint
         if request.injected:
             return extra, drop
         request.injected = True
-        added = [*extra, (CALLER, self._caller)]
         if not request.trace_id:
-            return added, drop | {CALLER}
-        dropped = _DROPPED if not drop else self._dropped(drop)
+            return [*extra, self._caller_field], drop | {CALLER}
         parent = f"00-{request.trace_id}-{request.span_id}-{_HEX[request.flags]}"
-        added.append((b"traceparent", parent.encode()))
+        traceparent = (b"traceparent", parent.encode())
+        if not request.foreign:
+            # Nothing of the client's to replace: the route's own removals
+            # stay as they are (an empty set lets the engine skip a union).
+            if extra:
+                return [*extra, self._caller_field, traceparent], drop
+            return [self._caller_field, traceparent], drop
+        added = [*extra, self._caller_field, traceparent]
         if request.tracestate:
             added.append((b"tracestate", request.tracestate.encode("latin-1")))
         if request.b3 == "single":
@@ -352,7 +417,7 @@ class GatewayTelemetry:
         elif request.b3 == "multi":
             multi = format_b3_multi(request.context())
             added.extend((n.encode(), v.encode()) for n, v in multi.items())
-        return added, dropped
+        return added, _DROPPED if not drop else self._dropped(drop)
 
     def _dropped(self, drop: frozenset[bytes]) -> frozenset[bytes]:
         # A route's own removals plus the trace fields: one set per route, not per request.
@@ -374,20 +439,55 @@ class GatewayTelemetry:
     ) -> None:
         request = _CURRENT.get()
         _CURRENT.reset(token)
-        if request is None:
-            return
+        if request is not None:
+            self.finish_request(request, stream, route, status, started, ended)
+
+    def finish_request(
+        self,
+        request: RequestTelemetry,
+        stream: Stream,
+        route: str,
+        status: int,
+        started: float,
+        ended: float,
+    ) -> None:
+        """The request's signals, span and access log line (`started` and
+        `ended`: the gateway's own monotonic clock reads)."""
         seconds = ended - started
-        method = stream.head.method.decode("latin-1")
-        if self.recorder is not None and request.service:
-            self.recorder.record(route, method, status, seconds, service=request.service)
+        if seconds < 0.0:
+            seconds = 0.0
+        raw_method = stream.head.method
+        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
+        if request.service and self.recorder is not None:
+            self._count(self.recorder, request.service, route, method, status, seconds)
         if request.flags & SAMPLED and self.reporter is not None:
-            self._span(request, stream, method, route, status, started, seconds)
+            self._span(self.reporter, request, stream, method, route, status, started, seconds)
         log = self.access_log
         if log is not None and log.wants(status):
             log.write(self._entry(request, stream, method, route, status, started, seconds))
 
+    def _count(
+        self, recorder: Recorder, service: str, route: str, method: str, status: int, seconds: float
+    ) -> None:
+        # The recorder's cell for this request, kept here until the recorder's
+        # next snapshot: one dictionary look-up, no lock (requests and pushes
+        # share the loop's thread).
+        cells = self._cells
+        if self._cells_generation != recorder.generation:
+            cells.clear()
+            self._cells_generation = recorder.generation
+        key = (service, route, method, status)
+        cell = cells.get(key)
+        if cell is None:
+            if len(cells) >= _CACHE_LIMIT:
+                cells.clear()
+            cell = cells[key] = recorder.cell(route, method, status, service=service)
+        cell.counts[bisect_left(BOUNDS, seconds)] += 1  # Cell.add, inlined
+        cell.sum += seconds
+
     def _span(
         self,
+        reporter: SpanReporter,
         request: RequestTelemetry,
         stream: Stream,
         method: str,
@@ -396,41 +496,58 @@ class GatewayTelemetry:
         started: float,
         seconds: float,
     ) -> None:
-        assert self.reporter is not None
+        head = stream.head
+        upstream = request.upstream
+        # Everything but the ids and times repeats from one request of a
+        # route to the next: the tags are encoded once per distinct set. The
+        # endpoint is keyed by identity (its dataclass hash is slow) and kept
+        # in the entry, so the id cannot be reused while the entry lives.
+        address, service = stream.peer.address, request.service
+        key = (method, route, status, head.target, head.host, address, service, id(upstream))
+        parts = self._span_parts.get(key)
+        if parts is None or parts[2] is not upstream:
+            parts = self._new_span_parts(key, request, stream, method, route, status)
+        reporter.record(
+            HttpServerSpan(
+                request.trace_id,
+                request.span_id,
+                request.parent_id,
+                parts[1],
+                "SERVER",
+                int((started + self._wall_offset) * 1_000_000),
+                max(1, int(seconds * 1_000_000)),
+                self._local,
+                parts[0],
+            )
+        )
+
+    def _new_span_parts(
+        self,
+        key: _SpanKey,
+        request: RequestTelemetry,
+        stream: Stream,
+        method: str,
+        route: str,
+        status: int,
+    ) -> tuple[msgspec.Raw, str, Upstream | None]:
         head = stream.head
         upstream = request.upstream
         tags = HttpServerTags(
             method,
             head.target.partition(b"?")[0].decode("latin-1"),
             route or None,
-            _STATUS_TEXT[status] if 0 < status < 600 else None,
+            _STATUS_TEXT[status] if 0 <= status < 600 else None,
             head.host.decode("latin-1") if head.host else None,
             stream.peer.address,
             request.service or None,
             self._address(upstream) if upstream is not None else None,
-            error_tag(status, None),
+            _ERROR_TAG[status] if 0 <= status < 600 else error_tag(status, None),
         )
-        span = HttpServerSpan(
-            request.trace_id,
-            request.span_id,
-            request.parent_id,
-            self._name(method, route),
-            "SERVER",
-            int((started + self._wall_offset) * 1_000_000),
-            max(1, int(seconds * 1_000_000)),
-            self._local,
-            tags,
-        )
-        self.reporter.record(span)
-
-    def _name(self, method: str, route: str) -> str:
-        key = (method, route)
-        found = self._names.get(key)
-        if found is None:
-            if len(self._names) >= _CACHE_LIMIT:
-                self._names.clear()
-            found = self._names[key] = span_name(method, route or None)
-        return found
+        if len(self._span_parts) >= _CACHE_LIMIT:
+            self._span_parts.clear()
+        name = span_name(method, route or None)
+        parts = self._span_parts[key] = (encoded_tags(tags), name, upstream)
+        return parts
 
     def _address(self, upstream: Upstream) -> str:
         key = (upstream.address, upstream.port)

