@@ -217,6 +217,40 @@ async def test_a_call_outside_any_request_starts_a_trace_of_its_own() -> None:
     assert cp.pushes[0]["series"][0]["route"] == "*"
 
 
+async def test_client_side_counts_survive_snapshots_and_come_from_any_thread() -> None:
+    """On the loop's thread an attempt counts into a kept cell; a snapshot
+    retires it and later attempts go to a fresh one. A worker thread's
+    attempts (a blocking client) count too."""
+    cp = ControlPlane()
+    client = make_client(cp)
+    telemetry = client.telemetry
+    assert telemetry is not None
+    await telemetry.start("shop-1")
+    try:
+        transport = CrosswayTransport(
+            OneService(),
+            inner=httpx2.MockTransport(lambda r: httpx2.Response(200)),
+            telemetry=telemetry,
+        )
+        async with httpx2.AsyncClient(transport=transport) as http:
+            for _ in range(3):
+                await http.get("http://orders/x")
+            first = telemetry.client.snapshot()
+            for _ in range(2):
+                await http.get("http://orders/x")
+            await asyncio.to_thread(
+                telemetry.attempted, "orders", "GET", None, 200, 0.0, 0.001, False, None
+            )
+            second = telemetry.client.snapshot()
+    finally:
+        await telemetry.stop()
+    assert first is not None
+    assert second is not None
+    assert [s.count for s in first.series] == [3]
+    assert [s.count for s in second.series] == [3]
+    assert (second.series[0].service, second.series[0].caller) == ("orders", "shop")
+
+
 def test_telemetry_is_off_without_a_service_or_when_disabled() -> None:
     cp = ControlPlane()
     assert make_client(cp, service=None).telemetry is None

@@ -23,12 +23,17 @@ Theory of operation
   span's wall-clock start derived from the attempt's one `perf_counter()`
   reading (the offset between the two clocks is read again every
   `_CLOCK_REFRESH_S`), and the strings a span repeats (peer endpoint, status
-  text) made once.
+  text) made once. On the loop's thread (where the pusher takes its
+  snapshots) an attempt counts straight into the recorder's cell for its
+  key, kept until the recorder's next snapshot (`Recorder.cell`); other
+  threads, a blocking client's workers, go through `Recorder.record` and
+  its lock.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +41,7 @@ from typing import Any
 import httpx2
 
 from crossway.sdk.settings import ClientSettings
-from crossway.telemetry.signals.recorder import Recorder, StatsPusher
+from crossway.telemetry.signals.recorder import Cell, Recorder, StatsPusher
 from crossway.telemetry.tracecontext import (
     RANDOM_TRACE_ID,
     SAMPLED,
@@ -77,6 +82,7 @@ _getrandbits = random.getrandbits
 # collections, ~2-4 µs per call on average. Nothing appends to a span's
 # annotations after it is recorded; the reporter only encodes it.
 _NO_ANNOTATIONS: list[Annotation] = []
+_MAX_KEPT_CELLS = 1024
 
 
 class ServiceTelemetry:
@@ -107,6 +113,11 @@ class ServiceTelemetry:
         self._statuses: dict[int, str] = {}
         self._wall_offset_us = 0  # wall-clock µs minus perf_counter() µs
         self._offset_taken = -_CLOCK_REFRESH_S  # perf_counter() when it was read
+        self._loop_thread = 0  # the thread of the loop the pusher snapshots on
+        # (peer service, route, method, status) -> the client recorder's cell,
+        # valid while its generation is `_cells_generation`
+        self._cells: dict[tuple[str, str, str, int], Cell] = {}
+        self._cells_generation = -1
 
     @classmethod
     def for_settings(
@@ -120,6 +131,7 @@ class ServiceTelemetry:
 
     async def start(self, instance_id: str) -> None:
         self.server.instance = self.client.instance = instance_id
+        self._loop_thread = threading.get_ident()
         await self.pusher.start()
         await self.reporter.start()
 
@@ -194,7 +206,10 @@ class ServiceTelemetry:
         attempt is sampled: (trace parts, span id, parent id, url, attempt
         number, server address, error)."""
         seconds = ended - began
-        self.client.record(route or ANY_ROUTE, method, status, seconds, service=peer_service)
+        if threading.get_ident() == self._loop_thread:
+            self._count(peer_service, route or ANY_ROUTE, method, status, seconds)
+        else:
+            self.client.record(route or ANY_ROUTE, method, status, seconds, service=peer_service)
         if not sampled or span is None:
             return
         trace, span_id, parent_id, url, attempt, address, error = span
@@ -232,6 +247,22 @@ class ServiceTelemetry:
                 tags,
             )
         )
+
+    def _count(
+        self, peer_service: str, route: str, method: str, status: int, seconds: float
+    ) -> None:
+        # Only on the loop's thread: a snapshot cannot run between the
+        # generation check and the add, so no count lands in a retired cell.
+        recorder = self.client
+        cells = self._cells
+        if recorder.generation != self._cells_generation or len(cells) >= _MAX_KEPT_CELLS:
+            cells.clear()
+            self._cells_generation = recorder.generation
+        key = (peer_service, route, method, status)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = recorder.cell(route, method, status, service=peer_service)
+        cell.add(seconds if seconds > 0.0 else 0.0)
 
     def _status_text(self, status: int) -> str:
         text = self._statuses.get(status)
