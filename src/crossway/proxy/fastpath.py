@@ -111,12 +111,13 @@ class FastExchange:
         drop: frozenset[bytes],
         timeout: float,
         max_body: int | None,
+        idle_timeout: float,
     ) -> None:
         """Write the request head upstream and wait for the answer by callback."""
         conn = self.conn
         policy = self.gateway.options.policy
         wire = _request_head(self.stream, policy, target, extra, drop, conn.address)
-        self.plan = _Plan(wire, timeout, policy, None, max_body, frozenset())
+        self.plan = _Plan(wire, timeout, policy, None, max_body, frozenset(), idle_timeout)
         conn.begin(self.stream.head.method)
         conn.relay = self
         conn.write(wire)

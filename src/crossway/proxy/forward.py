@@ -17,13 +17,23 @@
 # Timeouts: `timeout` bounds the wait for the response head and starts when
 # the request body has been sent in full, so a long upload is not cut off by
 # a short route timeout (nginx's proxy_read_timeout works the same way).
+# `idle_timeout` bounds every other wait (Envoy's stream idle timeout, nginx's
+# proxy_send_timeout and send_timeout): while the body goes up, while the
+# response body comes down and through a tunnel, the exchange ends when no
+# byte has moved either way for that long — a 504 (reason `idle_timeout`)
+# while the client has seen nothing, an abort after. Both use the upstream
+# connection's one lazily re-armed timer: each move only pushes its deadline
+# (`arm_timeout`, no timer made or cancelled), and a whole answer read at
+# once never waits, so it costs no timer of its own.
 #
 # Invariants
 # ----------
 # - Before the response head reaches the client, every failure becomes a
 #   `GatewayError` raised to the caller (which answers 502/503/504 or retries).
 #   After it, a failure aborts the client connection: a half-sent response
-#   must not look complete.
+#   must not look complete. An idle timeout then also aborts the client
+#   (`UpstreamConnection.on_timeout`): a relay may be waiting on a client
+#   that stopped reading, which closing the upstream alone would not wake.
 # - A connection returns to the pool only if both the request and the
 #   response were complete; otherwise it is closed.
 # - A request without a body that fails on a reused keep-alive connection
@@ -33,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -60,6 +69,11 @@ from crossway.proxy.upstream import Address, UpstreamConnection, UpstreamPool
 
 _NOT_FORWARDED = frozenset({b"expect"})
 
+DEFAULT_IDLE_TIMEOUT = 300.0
+"""Seconds without a byte moving either way before an exchange ends, for
+routes that set no `idle_timeout` (long enough for slow streams and quiet
+WebSockets, short enough that dead peers do not hold connections for ever)."""
+
 
 class _Stale(Exception):
     """A reused connection died before answering; safe to try a fresh one."""
@@ -83,6 +97,7 @@ class _Plan(NamedTuple):
     edit_response: Callable[[Headers], Headers] | None
     max_body: int | None
     retry_statuses: frozenset[int]
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 async def forward(
@@ -92,6 +107,7 @@ async def forward(
     pool: UpstreamPool,
     policy: ForwardingPolicy,
     timeout: float,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     target: bytes | None = None,
     extra_headers: Headers | None = None,
     drop_headers: frozenset[bytes] = frozenset(),
@@ -103,9 +119,11 @@ async def forward(
     """Send `stream`'s request to `address`; returns the upstream status.
 
     Raises `GatewayError` (502 connect/reset/protocol, 503 overloaded, 504
-    timeout) if no response head reached the client; after that, failures
-    abort the client connection and are not raised. `ClientBodyError` from the
-    client's body propagates (a body over `max_body` is one, status 413).
+    timeout; reason `idle_timeout` when no byte of the request body moved for
+    `idle_timeout`) if no response head reached the client; after that,
+    failures and silences of `idle_timeout` abort the client connection and
+    are not raised. `ClientBodyError` from the client's body propagates (a
+    body over `max_body` is one, status 413).
     `edit_response` rewrites the response headers. A response whose status is
     in `retry_statuses` is read and dropped and `RetriableStatus` raised
     instead, the client having seen nothing. Cancellation closes the
@@ -117,7 +135,7 @@ async def forward(
         extra_headers = [*(extra_headers or []), (b"connection", b"upgrade")]
         extra_headers.append((b"upgrade", upgrade_to))
     wire_head = _request_head(stream, policy, target, extra_headers, drop_headers, address)
-    plan = _Plan(wire_head, timeout, policy, edit_response, max_body, retry_statuses)
+    plan = _Plan(wire_head, timeout, policy, edit_response, max_body, retry_statuses, idle_timeout)
     conn = pool.take_idle(address)
     if conn is not None:  # the common case, without `_attempt`'s coroutine
         try:
@@ -196,7 +214,7 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
     conn.write(plan.wire_head)
     pump = None
     if head.has_body:
-        pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn, plan.max_body))
+        pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn, plan))
     try:
         if pump is None:  # `_await_head` inline, the common case
             conn.arm_timeout(plan.timeout)
@@ -206,12 +224,12 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
                 conn.disarm_timeout()
             response = _response_head(conn, event, None, plan.timeout, retry_ok=reused)
         else:
-            response = await _await_head(conn, pump, plan.timeout, retry_ok=False)
+            response = await _await_head(conn, pump, plan)
         if conn.parser.tunnel:
             await _tunnel(stream, conn, response, plan)
             return response.status
         if response.status in plan.retry_statuses:
-            await _discard(conn, response)
+            await _discard(conn, response, plan.idle_timeout)
             raise RetriableStatus(response.status)
         await _relay(stream, conn, response, plan)
         if pump is not None and not pump.done():
@@ -227,47 +245,54 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
                 await pump
 
 
-async def _discard(conn: UpstreamConnection, head: ResponseHead) -> None:
+async def _discard(conn: UpstreamConnection, head: ResponseHead, idle_timeout: float) -> None:
     # Reading the rest keeps the connection reusable for the next attempt.
     if head.framing is Framing.NONE:
         return
+    conn.arm_timeout(idle_timeout)
     while isinstance(await conn.next_event(), Body):
-        pass
+        conn.arm_timeout(idle_timeout)
+    conn.disarm_timeout()
 
 
-async def _pump_body(stream: Stream, conn: UpstreamConnection, limit: int | None) -> None:
+async def _pump_body(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> None:
     chunked = stream.head.chunked
+    limit = plan.max_body
+    idle = plan.idle_timeout
     sent = 0
     while (data := await stream.read()) is not None:
+        conn.arm_timeout(idle)  # bytes came from the client
         sent += len(data)
         if limit is not None and sent > limit:
             raise ClientBodyError(Rejected(413, "payload_too_large", "request body too large"))
         conn.write(encode_chunk(data) if chunked else data)
-        await conn.drain()
+        if conn.gate.blocked:
+            await conn.drain()
+            conn.arm_timeout(idle)  # the upstream took bytes
     if chunked:
         conn.write(LAST_CHUNK)
 
 
 async def _await_head(
-    conn: UpstreamConnection, pump: asyncio.Task[None] | None, timeout: float, *, retry_ok: bool
+    conn: UpstreamConnection, pump: asyncio.Task[None], plan: _Plan
 ) -> ResponseHead:
     # One timer on the connection (no asyncio.timeout scope, whose
     # cancellation machinery cost more than the rest of the wait): when it
-    # fires it closes the connection, which wakes the read below.
-    after_body = None
-    if pump is None:
-        conn.arm_timeout(timeout)
-    else:
-        after_body = functools.partial(_after_body, conn=conn, timeout=timeout)
-        pump.add_done_callback(after_body)
+    # fires it closes the connection, which wakes the read below. While the
+    # body goes up it is the idle timer (the pump pushes it on with every
+    # piece); once the body is sent it becomes the head's (`_HeadClock`).
+    clock = _HeadClock(conn, plan.timeout)
+    conn.arm_timeout(plan.idle_timeout)
+    pump.add_done_callback(clock)
     try:
         event = await conn.next_event()
     finally:
         conn.disarm_timeout()
-        if after_body is not None:
-            assert pump is not None
-            pump.remove_done_callback(after_body)
-    return _response_head(conn, event, pump, timeout, retry_ok=retry_ok)
+        pump.remove_done_callback(clock)
+    if conn.timed_out and not clock.started:
+        idle = plan.idle_timeout
+        raise UpstreamTimeout(f"no byte moved for {idle:g}s", reason="idle_timeout")
+    return _response_head(conn, event, pump, plan.timeout, retry_ok=False)
 
 
 def _response_head(
@@ -292,13 +317,25 @@ def _response_head(
     raise UpstreamProtocolError("upstream sent an invalid response", reason="protocol_error")
 
 
-def _after_body(pump: asyncio.Task[None], *, conn: UpstreamConnection, timeout: float) -> None:
-    # Body fully sent: the response-head clock starts now. A failed body
-    # closes the upstream so the read waiting for the head wakes up.
-    if not pump.cancelled() and pump.exception() is not None:
-        conn.close()
-    else:
-        conn.arm_timeout(timeout)
+class _HeadClock:
+    """The body pump's done callback: body fully sent, the response head's
+    clock starts (`started`). A failed body closes the upstream so the read
+    waiting for the head wakes up."""
+
+    __slots__ = ("conn", "started", "timeout")
+
+    def __init__(self, conn: UpstreamConnection, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self.started = False
+
+    def __call__(self, pump: asyncio.Task[None]) -> None:
+        conn = self.conn
+        if not pump.cancelled() and pump.exception() is not None:
+            conn.close()
+        elif not conn.closed:  # not when the idle timer closed it meanwhile
+            self.started = True
+            conn.arm_timeout(self.timeout)
 
 
 def _raise_body_error(pump: asyncio.Task[None]) -> None:
@@ -318,21 +355,30 @@ async def _tunnel(
     headers = forward_response(head.headers, b"1.1", plan.policy)
     upgrade = [(n, v) for n, v in head.headers if n == b"upgrade"]
     stream.start_tunnel([*headers, (b"connection", b"upgrade"), *upgrade])
-    upstream_bound = asyncio.get_running_loop().create_task(_client_to_upstream(stream, conn))
+    idle = plan.idle_timeout
+    conn.on_timeout = stream.abort
+    conn.arm_timeout(idle)
+    upstream_bound = asyncio.get_running_loop().create_task(_client_to_upstream(stream, conn, idle))
     try:
         while (event := await conn.next_event()) is not None and isinstance(event, Body):
+            conn.arm_timeout(idle)
             await stream.tunnel_write(event.data)
+            conn.arm_timeout(idle)
     finally:
         upstream_bound.cancel()
         with contextlib.suppress(BaseException):
             await upstream_bound
+        conn.on_timeout = None
         conn.close()  # the client connection closes after the handler (must_close)
 
 
-async def _client_to_upstream(stream: Stream, conn: UpstreamConnection) -> None:
+async def _client_to_upstream(stream: Stream, conn: UpstreamConnection, idle: float) -> None:
     while (data := await stream.tunnel_read()) is not None:
+        conn.arm_timeout(idle)
         conn.write(data)
-        await conn.drain()
+        if conn.gate.blocked:
+            await conn.drain()
+            conn.arm_timeout(idle)
     conn.close()
 
 
@@ -349,13 +395,26 @@ async def _relay(stream: Stream, conn: UpstreamConnection, head: ResponseHead, p
     if no_body:
         stream.finish()
         return
-    while True:
-        event = conn.take_event() or await conn.next_event()
-        if isinstance(event, Body):
-            await stream.write(event.data)
-        elif isinstance(event, EndOfResponse):
-            stream.finish()
-            return
-        else:
-            stream.abort()  # a truncated response must not look complete
-            return
+    idle = plan.idle_timeout
+    # The timer's deadline moves on before every wait, on either side (a
+    # write waits while the client is slow); when it fires, the client is
+    # aborted too, which wakes a write waiting on it.
+    conn.on_timeout = stream.abort
+    try:
+        while True:
+            event = conn.take_event()
+            if event is None:
+                conn.arm_timeout(idle)
+                event = await conn.next_event()
+            if isinstance(event, Body):
+                conn.arm_timeout(idle)
+                await stream.write(event.data)
+            elif isinstance(event, EndOfResponse):
+                stream.finish()
+                return
+            else:
+                stream.abort()  # a truncated (or silent) response must not look complete
+                return
+    finally:
+        conn.on_timeout = None
+        conn.disarm_timeout()

@@ -65,7 +65,7 @@ from crossway.proxy.errors import (
     render_rejected,
 )
 from crossway.proxy.fastpath import FastExchange
-from crossway.proxy.forward import RetriableStatus, forward
+from crossway.proxy.forward import DEFAULT_IDLE_TIMEOUT, RetriableStatus, forward
 from crossway.proxy.headers import ForwardingPolicy, Headers, HeaderView
 from crossway.proxy.http1 import RequestHead
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
@@ -97,6 +97,7 @@ DEFAULT_TIMEOUT = 15.0
 class GatewayOptions:
     policy: ForwardingPolicy = field(default_factory=ForwardingPolicy)
     default_timeout: float = DEFAULT_TIMEOUT
+    default_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 class Gateway:
@@ -259,7 +260,7 @@ class Gateway:
         exchange = FastExchange(
             self, stream, conn, endpoint, cluster, call, outcome, token, context
         )
-        exchange.send(target, extra, drop, timeout, route.max_request_bytes)
+        exchange.send(target, extra, drop, timeout, route.max_request_bytes, plan.idle_timeout)
         return True
 
     def _lookup(self, head: RequestHead, config: GatewayConfig) -> _Lookup:
@@ -484,6 +485,7 @@ class Gateway:
             pool=self.pool,
             policy=self.options.policy,
             timeout=timeout,
+            idle_timeout=self._idle_timeout(route),
             target=target,
             extra_headers=edits.extra,
             drop_headers=edits.drop,
@@ -541,6 +543,7 @@ class Gateway:
                 pool=self.pool,
                 policy=self.options.policy,
                 timeout=self._timeout(route),
+                idle_timeout=self._idle_timeout(route),
                 target=target,
             )
         )
@@ -562,6 +565,7 @@ class Gateway:
             budgets=self._budgets(route),
             limit=self.limits.limit(match.route.name, route),
             plain=_plain_backend(match.route.actions),
+            idle_timeout=self._idle_timeout(route),
         )
         self._plans[match.route] = plan
         return plan
@@ -606,6 +610,10 @@ class Gateway:
             return self.options.default_timeout
         return _seconds(route.timeout)
 
+    def _idle_timeout(self, route: Route) -> float:
+        """A silence that ends an exchange: the route's, else the gateway default."""
+        idle = route.idle_timeout
+        return self.options.default_idle_timeout if idle is None else _seconds(idle)
 
 
 def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
@@ -723,6 +731,8 @@ class _RoutePlan(NamedTuple):
     """The one backend when the route's decision never varies (no CORS,
     fault, redirect, direct answer, mirror, header routes or rewrite, one
     backend): the request is forwarded to it as sent, without `decide`."""
+    idle_timeout: float
+    """The route's `idle_timeout` (the gateway default without one), in seconds."""
 
 
 _MAX_PLANS = 4096

@@ -62,6 +62,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchanges = 0
         self.idle_since = 0.0
         self.timed_out = False
+        # Called after the timer closed the connection: an exchange waiting on
+        # its other side too (a client that stopped reading) is woken by it.
+        self.on_timeout: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when `_timer` fires (loop time)
         self._due: float | None = None  # the armed deadline (loop time)
@@ -182,6 +185,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._due = None
         self.timed_out = True
         self.close()
+        if self.on_timeout is not None:
+            self.on_timeout()
 
 
 class EndpointPool:
