@@ -39,13 +39,12 @@
 # - The client connection reads nothing while a fast exchange is in flight
 #   (server.py holds what arrived and pauses reading), so pipelined requests
 #   are answered in order.
-# - The telemetry's per-request context lives in a `contextvars.Context`
-#   of its own: callbacks of interleaved requests share the loop's.
+# - The request's telemetry is held by the exchange, never made current:
+#   callbacks of interleaved requests share the loop's context.
 from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine
-from contextvars import Context, Token
 from typing import TYPE_CHECKING
 
 from crossway.balance import Call, Endpoint
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
     from crossway.proxy.clusters import Cluster
     from crossway.proxy.gateway import Gateway, _Outcome
     from crossway.proxy.server import Http1Stream
-    from crossway.proxy.telemetry import RequestTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +69,12 @@ class FastExchange:
         "call",
         "cluster",
         "conn",
-        "context",
         "endpoint",
         "gateway",
         "outcome",
         "plan",
         "reused",
         "stream",
-        "token",
     )
 
     def __init__(
@@ -90,8 +86,6 @@ class FastExchange:
         cluster: Cluster,
         call: Call,
         outcome: _Outcome,
-        token: Token[RequestTelemetry | None] | None,
-        context: Context | None,
     ) -> None:
         self.gateway = gateway
         self.stream = stream
@@ -100,8 +94,6 @@ class FastExchange:
         self.cluster = cluster
         self.call = call
         self.outcome = outcome
-        self.token = token
-        self.context = context
         self.reused = conn.exchanges > 0
 
     def send(
@@ -163,7 +155,7 @@ class FastExchange:
         outcome.status = status
         gateway.answered(self.cluster, self.endpoint, self.call, outcome, status)
         gateway.pool.release(conn)
-        gateway.account(stream, outcome, self.token, self.context)
+        gateway.account(stream, outcome)
         stream.settle()
 
     def _abandon(self) -> None:
@@ -172,7 +164,7 @@ class FastExchange:
         self.call.end(ok=False)
         self.stream.abort()
         self.outcome.status = 502
-        self.gateway.account(self.stream, self.outcome, self.token, self.context)
+        self.gateway.account(self.stream, self.outcome)
         self.stream.settle()
 
     def resume(self) -> Coroutine[None, None, None]:
@@ -182,7 +174,7 @@ class FastExchange:
         exchange = _receive(self.stream, self.conn, gateway.pool, self.plan, reused=self.reused)
         attempt = gateway.settle(self.cluster, self.endpoint, self.call, self.outcome, exchange)
         work = _record_status(attempt, self.outcome)
-        return gateway.complete(self.stream, self.outcome, work, self.token, self.context)
+        return gateway.complete(self.stream, self.outcome, work)
 
 
 async def _record_status(attempt: Coroutine[None, None, int], outcome: _Outcome) -> None:

@@ -45,7 +45,7 @@ import dataclasses
 import functools
 import random
 from collections.abc import Callable, Coroutine
-from contextvars import Context, Token, copy_context
+from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -156,20 +156,15 @@ class Gateway:
         attempt goes to, when the fast path picked it already."""
         outcome = _Outcome(self._clock.now())
         outcome.picked = picked
-        telemetry = self.telemetry
-        token = telemetry.begin(stream) if telemetry is not None else None
-        return self.complete(stream, outcome, self._handle(stream, self.config, outcome), token)
+        if self.telemetry is not None:
+            # Current for the task's logging (trace ids in log lines).
+            outcome.token = self.telemetry.begin(stream)
+        return self.complete(stream, outcome, self._handle(stream, self.config, outcome))
 
     async def complete(
-        self,
-        stream: Stream,
-        outcome: _Outcome,
-        work: Coroutine[None, None, None],
-        token: Token[RequestTelemetry | None] | None,
-        context: Context | None = None,
+        self, stream: Stream, outcome: _Outcome, work: Coroutine[None, None, None]
     ) -> None:
-        """Await `work`, answer what it raises, account for the request
-        (`context`: the one `token` was made in, when not the current one)."""
+        """Await `work`, answer what it raises, account for the request."""
         try:
             await work
         except GatewayError as error:
@@ -180,15 +175,9 @@ class Gateway:
             if not stream.response_started:
                 stream.send_local(render_rejected(error.rejected), close=True)
         finally:
-            self.account(stream, outcome, token, context)
+            self.account(stream, outcome)
 
-    def account(
-        self,
-        stream: Stream,
-        outcome: _Outcome,
-        token: Token[RequestTelemetry | None] | None,
-        context: Context | None,
-    ) -> None:
+    def account(self, stream: Stream, outcome: _Outcome) -> None:
         """Statistics and telemetry for a request that is over."""
         # The last attempt's end, read once for the balancer, the outlier
         # detector and the statistics, when the answer was relayed.
@@ -198,12 +187,12 @@ class Gateway:
             method = _METHODS.get(stream.head.method, OTHER_METHOD)
             self.stats.observe(outcome.route, outcome.status, ended - started, method)
         telemetry = self.telemetry
-        if telemetry is not None and token is not None:
+        if telemetry is not None:
             route, status = outcome.route, outcome.status
-            if context is None:
-                telemetry.finish(token, stream, route, status, started, ended)
-            else:
-                context.run(telemetry.finish, token, stream, route, status, started, ended)
+            if outcome.token is not None:
+                telemetry.finish(outcome.token, stream, route, status, started, ended)
+            elif outcome.telemetry is not None:
+                telemetry.finish_request(outcome.telemetry, stream, route, status, started, ended)
 
     def start(self, stream: Http1Stream) -> bool:
         """The fast path (fastpath.py, server.py `FastStarter`): send a
@@ -245,21 +234,17 @@ class Gateway:
         outcome.route = match.route.name
         extra, drop = plan.edits.extra, plan.edits.drop
         telemetry = self.telemetry
-        context = token = None
         if telemetry is not None:
-            # The request's trace lives in a context of its own: callbacks of
-            # interleaved requests share the loop's.
-            context = copy_context()
-            token = context.run(telemetry.begin, stream)
-            extra, drop = context.run(telemetry.upstream, extra, drop, service, endpoint)
+            # Held by the request, not made current: callbacks of interleaved
+            # requests share the loop's context.
+            request = outcome.telemetry = telemetry.begin_request(stream)
+            extra, drop = telemetry.upstream_for(request, extra, drop, service, endpoint)
         target = head.target
         if not query and target.endswith(b"?"):
             target = path.encode("latin-1")  # as a decided unchanged path is sent
         timeout, _ = _attempt_timeout(plan, plan.timeout)
         call = cluster.balancer(route.balancer).begin(endpoint)
-        exchange = FastExchange(
-            self, stream, conn, endpoint, cluster, call, outcome, token, context
-        )
+        exchange = FastExchange(self, stream, conn, endpoint, cluster, call, outcome)
         exchange.send(target, extra, drop, timeout, route.max_request_bytes, plan.idle_timeout)
         return True
 
@@ -838,7 +823,7 @@ def _forget(tasks: set[asyncio.Task[int]]) -> Callable[[asyncio.Task[int]], None
 class _Outcome:
     """What one request came to, for the statistics."""
 
-    __slots__ = ("ended", "picked", "route", "started", "status")
+    __slots__ = ("ended", "picked", "route", "started", "status", "telemetry", "token")
 
     def __init__(self, started: float) -> None:
         self.route = ""
@@ -846,6 +831,9 @@ class _Outcome:
         self.started = started
         self.ended = 0.0  # the clock when the last attempt's answer was relayed
         self.picked: tuple[str, Endpoint] | None = None  # see `Gateway.__call__`
+        # The request's telemetry: current in the task (`token`), or held (the fast path).
+        self.token: Token[RequestTelemetry | None] | None = None
+        self.telemetry: RequestTelemetry | None = None
 
 
 class PayloadTooLarge(GatewayError):

@@ -66,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         # its other side too (a client that stopped reading) is woken by it.
         self.on_timeout: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
         self._timer_at = 0.0  # when `_timer` fires (loop time)
         self._due: float | None = None  # the armed deadline (loop time)
         self._transport: asyncio.Transport | None = None
@@ -158,7 +159,11 @@ class UpstreamConnection(asyncio.Protocol):
         # stays, and on firing re-arms for what is left. Consecutive
         # exchanges on a keep-alive connection then arm a timer once per
         # `delay` instead of creating and cancelling one per request.
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Kept: on Python 3.11 every get_running_loop() is a getpid()
+            # system call, and this runs once per request.
+            loop = self._loop = asyncio.get_running_loop()
         due = loop.time() + delay
         self._due = due
         timer = self._timer
