@@ -48,11 +48,11 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
 from crossway.balance import Call, Endpoint
-from crossway.proxy.forward import _attempt, _Plan, _relay, _request_head, _response_head, _Stale
+from crossway.proxy.forward import begin_bodiless, finish_bodiless
 from crossway.proxy.headers import Headers, forward_response
 from crossway.proxy.http1 import Body
 from crossway.proxy.http1_wire import EndOfResponse, Framing, ResponseEvent, ResponseReceived
-from crossway.proxy.upstream import UpstreamConnection, UpstreamPool
+from crossway.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from crossway.proxy.clusters import Cluster
@@ -106,14 +106,18 @@ class FastExchange:
         idle_timeout: float,
     ) -> None:
         """Write the request head upstream and wait for the answer by callback."""
-        conn = self.conn
-        policy = self.gateway.options.policy
-        wire = _request_head(self.stream, policy, target, extra, drop, conn.address)
-        self.plan = _Plan(wire, timeout, policy, None, max_body, frozenset(), idle_timeout)
-        conn.begin(self.stream.head.method)
-        conn.relay = self
-        conn.write(wire)
-        conn.arm_timeout(timeout)
+        self.plan = begin_bodiless(
+            self.stream,
+            self.conn,
+            policy=self.gateway.options.policy,
+            timeout=timeout,
+            idle_timeout=idle_timeout,
+            target=target,
+            extra_headers=extra,
+            drop_headers=drop,
+            max_body=max_body,
+        )
+        self.conn.relay = self  # the answer cannot arrive before this returns
 
     def __call__(self, events: list[ResponseEvent]) -> bool:
         """`UpstreamConnection.relay`: True when `events` were taken."""
@@ -171,7 +175,9 @@ class FastExchange:
         """The rest of the exchange on the general path, in the client
         connection's task (see the module header, step 3)."""
         gateway = self.gateway
-        exchange = _receive(self.stream, self.conn, gateway.pool, self.plan, reused=self.reused)
+        exchange = finish_bodiless(
+            self.stream, self.conn, gateway.pool, self.plan, reused=self.reused
+        )
         attempt = gateway.settle(self.cluster, self.endpoint, self.call, self.outcome, exchange)
         work = _record_status(attempt, self.outcome)
         return gateway.complete(self.stream, self.outcome, work)
@@ -179,25 +185,3 @@ class FastExchange:
 
 async def _record_status(attempt: Coroutine[None, None, int], outcome: _Outcome) -> None:
     outcome.status = await attempt
-
-
-async def _receive(
-    stream: Http1Stream, conn: UpstreamConnection, pool: UpstreamPool, plan: _Plan, *, reused: bool
-) -> int:
-    """What `forward` does once a bodiless request's head is written."""
-    try:
-        try:
-            try:
-                event = await conn.next_event()
-            finally:
-                conn.disarm_timeout()
-            response = _response_head(conn, event, None, plan.timeout, retry_ok=reused)
-            await _relay(stream, conn, response, plan)
-            return response.status
-        except BaseException:
-            conn.close()
-            raise
-        finally:
-            pool.release(conn)
-    except _Stale:
-        return await _attempt(stream, conn.address, pool, plan, fresh=True)

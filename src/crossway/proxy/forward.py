@@ -207,6 +207,45 @@ async def _attempt(
         pool.release(conn)
 
 
+def begin_bodiless(
+    stream: Stream,
+    conn: UpstreamConnection,
+    *,
+    policy: ForwardingPolicy,
+    timeout: float,
+    idle_timeout: float,
+    target: bytes,
+    extra_headers: Headers,
+    drop_headers: frozenset[bytes],
+    max_body: int | None,
+) -> _Plan:
+    """Write a bodiless request's head on `conn`, for an answer taken by
+    callback (the gateway's fast path, fastpath.py); the wait for it is
+    armed. Returns the plan `finish_bodiless` takes if the answer is not
+    taken whole."""
+    wire = _request_head(stream, policy, target, extra_headers, drop_headers, conn.address)
+    plan = _Plan(wire, timeout, policy, None, max_body, frozenset(), idle_timeout)
+    conn.begin(stream.head.method)
+    conn.write(wire)
+    conn.arm_timeout(timeout)
+    return plan
+
+
+async def finish_bodiless(
+    stream: Stream, conn: UpstreamConnection, pool: UpstreamPool, plan: _Plan, *, reused: bool
+) -> int:
+    """What `forward` does after `begin_bodiless`: await the answer (the
+    wait armed then keeps running), relay it, release the connection, and
+    send the request once more on a fresh connection if a reused one died."""
+    try:
+        return await _answer(stream, conn, plan, None, reused=reused, armed=True)
+    except _Stale:
+        pass
+    finally:
+        pool.release(conn)
+    return await _attempt(stream, conn.address, pool, plan, fresh=True)
+
+
 async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> int:
     head = stream.head
     reused = conn.exchanges > 0
@@ -215,9 +254,24 @@ async def _exchange(stream: Stream, conn: UpstreamConnection, plan: _Plan) -> in
     pump = None
     if head.has_body:
         pump = asyncio.get_running_loop().create_task(_pump_body(stream, conn, plan))
+    return await _answer(stream, conn, plan, pump, reused=reused, armed=False)
+
+
+async def _answer(
+    stream: Stream,
+    conn: UpstreamConnection,
+    plan: _Plan,
+    pump: asyncio.Task[None] | None,
+    *,
+    reused: bool,
+    armed: bool,
+) -> int:
+    """The exchange once the request head is written: the answer awaited
+    (`armed`: its wait already started) and relayed, or tunnelled."""
     try:
         if pump is None:  # `_await_head` inline, the common case
-            conn.arm_timeout(plan.timeout)
+            if not armed:
+                conn.arm_timeout(plan.timeout)
             try:
                 event = await conn.next_event()
             finally:
