@@ -345,7 +345,12 @@ async def _await_head(
         pump.remove_done_callback(clock)
     if conn.timed_out and not clock.started:
         idle = plan.idle_timeout
-        raise UpstreamTimeout(f"no byte moved for {idle:g}s", reason="idle_timeout")
+        if conn.gate.paused:  # the upstream stopped taking the body
+            raise UpstreamTimeout(f"no byte moved for {idle:g}s", reason="idle_timeout")
+        # The client stopped sending it: its fault, not the upstream's (no
+        # outlier ejection for it), answered as a server does, 408.
+        detail = f"no byte of the request body for {idle:g}s"
+        raise ClientBodyError(Rejected(408, "request_timeout", detail))
     return _response_head(conn, event, pump, plan.timeout, retry_ok=False)
 
 
