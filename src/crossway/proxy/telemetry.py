@@ -123,42 +123,31 @@ _METHODS = {
     for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 }
 _SPAN_ID_BITS = (1 << 64) - 1
+_NEW_SAMPLED = RANDOM_TRACE_ID | SAMPLED
 _getrandbits = random.getrandbits
 
 
-class RequestTelemetry:
+class RequestTelemetry(msgspec.Struct, gc=False):
     """What the gateway's telemetry knows about one request.
 
-    The gateway span's ids are kept as plain fields rather than a
-    `TraceContext`: this object is made for every request, and a frozen
-    dataclass costs a microsecond to build."""
+    Made for every request, so it is a Struct, built in C (a class with
+    `__slots__` and an `__init__` costs as much again), and it keeps the
+    gateway span's ids as plain fields rather than a `TraceContext`. It
+    refers to nothing that could refer back to it, hence `gc=False`."""
 
-    __slots__ = (
-        "b3",
-        "flags",
-        "foreign",
-        "injected",
-        "parent_id",
-        "service",
-        "span_id",
-        "trace_id",
-        "tracestate",
-        "upstream",
-    )
-
-    def __init__(self, trace_id: str = "", span_id: str = "", flags: int = 0) -> None:
-        self.trace_id = trace_id  # "" with tracing off
-        self.span_id = span_id  # the gateway span's id
-        self.flags = flags
-        self.parent_id: str | None = None  # the client's span, if it sent one
-        self.tracestate = ""
-        self.b3 = ""  # "", "single" or "multi": the form the client sent
-        # The client sent trace fields or the caller header, which the
-        # upstream request must not carry; most clients send neither.
-        self.foreign = False
-        self.service = ""  # the backend service, once chosen
-        self.upstream: Upstream | None = None
-        self.injected = False  # the edits of a retry already carry the headers
+    trace_id: str = ""  # "" with tracing off
+    span_id: str = ""  # the gateway span's id
+    flags: int = 0
+    parent_id: str | None = None  # the client's span, if it sent one
+    tracestate: str = ""
+    b3: str = ""  # "", "single" or "multi": the form the client sent
+    # The client sent trace fields or the caller header, which the upstream
+    # request must not carry; most clients send neither.
+    foreign: bool = False
+    service: str = ""  # the backend service, once chosen
+    # The endpoint of the latest attempt; set once the first attempt's
+    # header edits carry the trace context (a retry's edits already do).
+    upstream: Upstream | None = None
 
     @property
     def sampled(self) -> bool:
@@ -168,6 +157,15 @@ class RequestTelemetry:
         """The gateway span's context as a value (for the B3 formats)."""
         state = parse_tracestate(self.tracestate) if self.tracestate else ()
         return TraceContext(self.trace_id, self.span_id, self.flags, state or (), self.parent_id)
+
+
+def _continued(parent: TraceContext, b3: str) -> RequestTelemetry:
+    """A request that continues the client's trace under a new span."""
+    flags = parent.flags & (SAMPLED | RANDOM_TRACE_ID)
+    tracestate = format_tracestate(parent.tracestate)
+    return RequestTelemetry(
+        parent.trace_id, new_span_id(), flags, parent.span_id, tracestate, b3, True
+    )
 
 
 _CURRENT: ContextVar[RequestTelemetry | None] = ContextVar("crossway_gateway_request", default=None)
@@ -347,33 +345,25 @@ class GatewayTelemetry:
         if self.reporter is None:
             return RequestTelemetry()
         headers = stream.head.headers
+        foreign = False
         for name, _ in headers:
             if name in _DROPPED:
-                return self._from_client(headers)
-        return self._new_trace()
-
-    def _new_trace(self) -> RequestTelemetry:
-        # One 192-bit draw for the trace id and the span id (half the calls
-        # of `new_trace_id()` + `new_span_id()`).
+                parent, b3 = extract_fields(headers)
+                if parent is not None:
+                    return _continued(parent, b3)
+                foreign = True
+                break
+        # A new trace, as for most requests: one 192-bit draw makes the trace
+        # id and the span id (half the calls of `new_trace_id()` +
+        # `new_span_id()`), and the sampler is asked only below a rate of 1.
         bits = _getrandbits(192)
-        flags = RANDOM_TRACE_ID | SAMPLED if self.sampler.sample_new() else RANDOM_TRACE_ID
-        if not bits >> 64 or not bits & _SPAN_ID_BITS:  # an all-zero id is invalid
-            return RequestTelemetry(new_trace_id(), new_span_id(), flags)
-        text = bits.to_bytes(24).hex()
-        return RequestTelemetry(text[:32], text[32:], flags)
-
-    def _from_client(self, headers: Headers) -> RequestTelemetry:
-        parent, b3 = extract_fields(headers)
-        if parent is None:
-            request = self._new_trace()
-        else:
-            flags = parent.flags & (SAMPLED | RANDOM_TRACE_ID)
-            request = RequestTelemetry(parent.trace_id, new_span_id(), flags)
-            request.parent_id = parent.span_id
-            request.tracestate = format_tracestate(parent.tracestate)
-            request.b3 = b3
-        request.foreign = True
-        return request
+        sampler = self.sampler
+        flags = _NEW_SAMPLED if sampler.rate >= 1.0 or sampler.sample_new() else RANDOM_TRACE_ID
+        if bits >> 64 and bits & _SPAN_ID_BITS:
+            text = bits.to_bytes(24).hex()
+            return RequestTelemetry(text[:32], text[32:], flags, None, "", "", foreign)
+        # An all-zero id is invalid: drawn again (once in 2**64 requests).
+        return RequestTelemetry(new_trace_id(), new_span_id(), flags, None, "", "", foreign)
 
     def upstream(
         self, extra: Headers, drop: frozenset[bytes], service: str, endpoint: Upstream
@@ -394,11 +384,11 @@ class GatewayTelemetry:
         endpoint: Upstream,
     ) -> tuple[Headers, frozenset[bytes]]:
         """`upstream` for `request`."""
+        retry = request.upstream is not None
         request.service = service
         request.upstream = endpoint
-        if request.injected:
+        if retry:
             return extra, drop
-        request.injected = True
         if not request.trace_id:
             return [*extra, self._caller_field], drop | {CALLER}
         parent = f"00-{request.trace_id}-{request.span_id}-{_HEX[request.flags]}"
@@ -453,73 +443,64 @@ class GatewayTelemetry:
     ) -> None:
         """The request's signals, span and access log line (`started` and
         `ended`: the gateway's own monotonic clock reads)."""
+        # The signals and the span are worked out inline: this runs for every
+        # request, and a Python call costs as much as what each step does.
         seconds = ended - started
         if seconds < 0.0:
             seconds = 0.0
-        raw_method = stream.head.method
-        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
-        if request.service and self.recorder is not None:
-            self._count(self.recorder, request.service, route, method, status, seconds)
-        if request.flags & SAMPLED and self.reporter is not None:
-            self._span(self.reporter, request, stream, method, route, status, started, seconds)
+        head = stream.head
+        method = _METHODS.get(head.method) or head.method.decode("latin-1")
+        service = request.service
+        recorder = self.recorder
+        if service and recorder is not None:
+            # The recorder's cell for this request, kept here until the
+            # recorder's next snapshot: one dictionary look-up and no lock
+            # (requests and pushes share the loop's thread).
+            if self._cells_generation != recorder.generation:
+                self._cells.clear()
+                self._cells_generation = recorder.generation
+            cell = self._cells.get((service, route, method, status))
+            if cell is None:
+                cell = self._new_cell(recorder, service, route, method, status)
+            cell.counts[bisect_left(BOUNDS, seconds)] += 1  # Cell.add
+            cell.sum += seconds
+        reporter = self.reporter
+        if request.flags & SAMPLED and reporter is not None:
+            # Everything but the ids and times repeats from one request of a
+            # route to the next: the tags are encoded once per distinct set.
+            # The endpoint is keyed by identity (its dataclass hash is slow)
+            # and kept in the entry, so the id is not reused while it lives.
+            upstream = request.upstream
+            address = stream.peer.address
+            key = (method, route, status, head.target, head.host, address, service, id(upstream))
+            parts = self._span_parts.get(key)
+            if parts is None or parts[2] is not upstream:
+                parts = self._new_span_parts(key, request, stream, method, route, status)
+            reporter.record(
+                HttpServerSpan(
+                    request.trace_id,
+                    request.span_id,
+                    request.parent_id,
+                    parts[1],
+                    "SERVER",
+                    int((started + self._wall_offset) * 1_000_000),
+                    max(1, int(seconds * 1_000_000)),
+                    self._local,
+                    parts[0],
+                )
+            )
         log = self.access_log
         if log is not None and log.wants(status):
             log.write(self._entry(request, stream, method, route, status, started, seconds))
 
-    def _count(
-        self, recorder: Recorder, service: str, route: str, method: str, status: int, seconds: float
-    ) -> None:
-        # The recorder's cell for this request, kept here until the recorder's
-        # next snapshot: one dictionary look-up, no lock (requests and pushes
-        # share the loop's thread).
-        cells = self._cells
-        if self._cells_generation != recorder.generation:
-            cells.clear()
-            self._cells_generation = recorder.generation
+    def _new_cell(
+        self, recorder: Recorder, service: str, route: str, method: str, status: int
+    ) -> Cell:
+        if len(self._cells) >= _CACHE_LIMIT:
+            self._cells.clear()
         key = (service, route, method, status)
-        cell = cells.get(key)
-        if cell is None:
-            if len(cells) >= _CACHE_LIMIT:
-                cells.clear()
-            cell = cells[key] = recorder.cell(route, method, status, service=service)
-        cell.counts[bisect_left(BOUNDS, seconds)] += 1  # Cell.add, inlined
-        cell.sum += seconds
-
-    def _span(
-        self,
-        reporter: SpanReporter,
-        request: RequestTelemetry,
-        stream: Stream,
-        method: str,
-        route: str,
-        status: int,
-        started: float,
-        seconds: float,
-    ) -> None:
-        head = stream.head
-        upstream = request.upstream
-        # Everything but the ids and times repeats from one request of a
-        # route to the next: the tags are encoded once per distinct set. The
-        # endpoint is keyed by identity (its dataclass hash is slow) and kept
-        # in the entry, so the id cannot be reused while the entry lives.
-        address, service = stream.peer.address, request.service
-        key = (method, route, status, head.target, head.host, address, service, id(upstream))
-        parts = self._span_parts.get(key)
-        if parts is None or parts[2] is not upstream:
-            parts = self._new_span_parts(key, request, stream, method, route, status)
-        reporter.record(
-            HttpServerSpan(
-                request.trace_id,
-                request.span_id,
-                request.parent_id,
-                parts[1],
-                "SERVER",
-                int((started + self._wall_offset) * 1_000_000),
-                max(1, int(seconds * 1_000_000)),
-                self._local,
-                parts[0],
-            )
-        )
+        cell = self._cells[key] = recorder.cell(route, method, status, service=service)
+        return cell
 
     def _new_span_parts(
         self,
