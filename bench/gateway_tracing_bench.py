@@ -6,7 +6,8 @@ the control plane's CPU per 1,000 spans/s it ingests from a gateway.
 
 Setup: an upstream nginx (one worker; bench/gateway_bench.py's config)
 serves a small body on two loopback ports; a Crossway gateway process
-forwards `/bench` to them, pinned to CPU 0, in one of two modes:
+(the collector tuned as `crossway gateway`'s workers tune it) forwards
+`/bench` to them, pinned to CPU 0, in one of two modes:
 
 - off: no telemetry (the gateway's own admin statistics only);
 - on:  `build_telemetry` as `crossway gateway --control-plane URL` builds
@@ -73,6 +74,7 @@ from crossway.proxy.clusters import Clusters
 from crossway.proxy.gateway import Gateway
 from crossway.proxy.routes.config import GatewayConfig
 from crossway.proxy.routes.model import route_from_object
+from crossway.proxy.run import tune_collector
 from crossway.proxy.server import ProxyServer
 from crossway.proxy.telemetry import TelemetrySettings, build_telemetry, instance_name
 from crossway.proxy.upstream import UpstreamPool
@@ -112,6 +114,7 @@ async def main():
     except asyncio.CancelledError:
         pass
 
+tune_collector()  # as crossway gateway's workers do
 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
     runner.run(main())
 """
