@@ -45,6 +45,7 @@ from crossway.sdk.transport import (
     sync_client,
     url_rewriter,
 )
+from crossway.sdk.transport_flavor import entry_ops, url_texter
 from crossway.telemetry.tracecontext import TraceContext, parse_traceparent, use_trace
 
 NO_WAIT = BackoffSpec(base=0, cap=0)
@@ -901,3 +902,31 @@ def test_fast_paths_agree_with_the_public_api() -> None:
     assert not has(headers, b"x-d")
     url = httpx2.URL("https://orders:9/a/b?c=d#e")
     assert HTTPX2.rewrite(url, "10.0.0.2", 8443) == url.copy_with(host="10.0.0.2", port=8443)
+
+
+def test_entry_fast_paths_agree_and_fall_back() -> None:
+    for headers_cls, fast in ((httpx2.Headers, True), (BareHeaders, False)):
+        find, add_entries = entry_ops(headers_cls)
+        assert find.__name__ == ("fast_find" if fast else "slow_find")
+        headers = headers_cls({"Accept": "*/*", "X-Crossway-Caller": "me"})
+        assert find(headers, b"traceparent", b"x-crossway-caller") == 2
+        assert find(headers, b"accept", b"traceparent") == 1
+        assert find(headers, b"a", b"b") == 0
+        add_entries(headers, ((b"traceparent", b"traceparent", b"t"), (b"x-a", b"x-a", b"1")))
+        assert headers.multi_items() == [
+            ("accept", "*/*"),
+            ("x-crossway-caller", "me"),
+            ("traceparent", "t"),
+            ("x-a", "1"),
+        ]
+        assert find(headers, b"x-crossway-caller", b"traceparent") == 3
+
+
+def test_url_text_is_the_url_as_a_string() -> None:
+    assert url_texter(str) is str
+    text = url_texter(httpx2.URL)
+    assert text.__name__ == "fast"
+    urls = [httpx2.URL(u) for u in ("http://orders/a?b=c", "https://orders:9/a/b#e")]
+    for url in [*urls, httpx2.URL("http://orders/a?b=c")]:
+        assert text(url) == str(url)
+    assert HTTPX2.url_text(urls[1]) == "https://orders:9/a/b#e"

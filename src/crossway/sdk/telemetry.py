@@ -203,8 +203,8 @@ class ServiceTelemetry:
     ) -> None:
         """One attempt of a call to `peer_service`, sent at `perf_counter()`
         `began`, over at `ended` (`status` 0: no answer). `span`, when the
-        attempt is sampled: (trace parts, span id, parent id, url, attempt
-        number, server address, error)."""
+        attempt is sampled: (trace parts, span id, parent id, URL text,
+        attempt number, server address, error)."""
         seconds = ended - began
         if threading.get_ident() == self._loop_thread:
             self._count(peer_service, route or ANY_ROUTE, method, status, seconds)
@@ -216,7 +216,7 @@ class ServiceTelemetry:
         if ended - self._offset_taken > _CLOCK_REFRESH_S:
             self._offset_taken = ended
             self._wall_offset_us = time.time_ns() // 1000 - int(ended * 1_000_000)
-        tags = {METHOD: method, URL: str(url), PEER_SERVICE: peer_service}
+        tags = {METHOD: method, URL: url, PEER_SERVICE: peer_service}
         if status:
             tags[STATUS] = self._status_text(status)
         if attempt > 1:

@@ -32,6 +32,11 @@ class Flavor:
     has_header: Callable[[Any, bytes], bool]  # (headers, lower-case name)
     set_header: Callable[[Any, bytes, str], None]  # (headers, lower-case name, ASCII value)
     add_header: Callable[[Any, bytes, str], None]  # set_header for a header known absent
+    # (headers, lower-case names a and b) -> 1 if a is there, | 2 if b is: one pass
+    find_headers: Callable[[Any, bytes, bytes], int]
+    # (headers, (lower-case name, lower-case name, ASCII value) entries known absent)
+    add_entries: Callable[[Any, tuple[HeaderEntry, ...]], None]
+    url_text: Callable[[Any], str]  # str(url), for spans
 
 
 # Fast paths. httpx and httpx2 re-parse a whole URL to change its host (tens
@@ -66,6 +71,9 @@ def url_rewriter(url_cls: type[Any]) -> Callable[[Any, str, int], Any]:
         return slow
     return fast
 
+
+HeaderEntry = tuple[bytes, bytes, bytes]
+"""A header as the libraries keep it: (name, lower-case name, value)."""
 
 HeaderOps = tuple[
     Callable[[Any, bytes], bool],
@@ -119,6 +127,81 @@ def header_ops(headers_cls: type[Any]) -> HeaderOps:
     return slow_has, slow_set, slow_set
 
 
+EntryOps = tuple[
+    Callable[[Any, bytes, bytes], int],
+    Callable[[Any, tuple[HeaderEntry, ...]], None],
+]
+
+
+def entry_ops(headers_cls: type[Any]) -> EntryOps:
+    """(find_headers, add_entries) for a library's Headers class: the
+    headers a call adds are looked for in one pass and added in one."""
+
+    def fast_find(headers: Any, a: bytes, b: bytes) -> int:
+        found = 0
+        for item in headers._list:
+            name = item[1]
+            if name == a:
+                found |= 1
+            elif name == b:
+                found |= 2
+        return found
+
+    def fast_add_entries(headers: Any, entries: tuple[HeaderEntry, ...]) -> None:
+        headers._list.extend(entries)
+
+    def slow_has(headers: Any, name: bytes) -> bool:
+        return any(k.lower() == name for k, _ in headers.raw)
+
+    def slow_find(headers: Any, a: bytes, b: bytes) -> int:
+        return slow_has(headers, a) | slow_has(headers, b) << 1
+
+    def slow_add_entries(headers: Any, entries: tuple[HeaderEntry, ...]) -> None:
+        for _, name, value in entries:
+            headers[name.decode("ascii")] = value.decode("ascii")
+
+    try:
+        fast_headers, slow_headers = headers_cls({"A": "1"}), headers_cls({"A": "1"})
+        fast_add_entries(fast_headers, ((b"f", b"f", b"6"), (b"g", b"g", b"7")))
+        slow_add_entries(slow_headers, ((b"f", b"f", b"6"), (b"g", b"g", b"7")))
+        same = fast_headers.multi_items() == slow_headers.multi_items()
+        found = fast_find(fast_headers, b"a", b"d"), fast_find(fast_headers, b"d", b"g")
+        if same and found == (1, 2) and slow_find(slow_headers, b"a", b"g") == 3:
+            return fast_find, fast_add_entries
+    except (AttributeError, TypeError, IndexError):
+        pass
+    return slow_find, slow_add_entries
+
+
+_MAX_URL_TEXTS = 1024
+
+
+def url_texter(url_cls: type[Any]) -> Callable[[Any], str]:
+    """url -> str(url), remembered for the last distinct URLs (up to
+    `_MAX_URL_TEXTS`, then forgotten all at once): a span per attempt names
+    its URL, and a caller mostly calls a few. Keyed by the parsed tuple,
+    whose hash costs a fraction of rebuilding the text."""
+    texts: dict[Any, str] = {}
+
+    def fast(url: Any) -> str:
+        ref = url._uri_reference
+        text = texts.get(ref)
+        if text is None:
+            if len(texts) >= _MAX_URL_TEXTS:
+                texts.clear()
+            text = texts[ref] = str(url)
+        return text
+
+    try:
+        samples = [url_cls("https://svc:1/a/b?c=d#e"), url_cls("http://svc/a")]
+        if [fast(u) for u in samples * 2] == [str(u) for u in samples * 2]:
+            texts.clear()
+            return fast
+    except (AttributeError, TypeError):
+        pass
+    return str
+
+
 def flavor(
     *,
     unsent_errors: tuple[type[BaseException], ...],
@@ -128,5 +211,17 @@ def flavor(
     headers_cls: type[Any],
 ) -> Flavor:
     has, set_, add = header_ops(headers_cls)
-    rewrite = url_rewriter(url_cls)
-    return Flavor(unsent_errors, transport_error, byte_stream, rewrite, has, set_, add)
+    find, add_entries = entry_ops(headers_cls)
+    rewrite, url_text = url_rewriter(url_cls), url_texter(url_cls)
+    return Flavor(
+        unsent_errors,
+        transport_error,
+        byte_stream,
+        rewrite,
+        has,
+        set_,
+        add,
+        find,
+        add_entries,
+        url_text,
+    )

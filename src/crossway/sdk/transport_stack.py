@@ -66,6 +66,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _TRACEPARENT, _TRACESTATE = TRACEPARENT.encode(), TRACESTATE.encode()
 _DEADLINE = DEADLINE_HEADER.lower().encode()
 _CALLER = CALLER_HEADER.lower().encode()
+_HAS_TRACEPARENT, _HAS_CALLER = 1, 2  # flavor.find_headers(headers, _TRACEPARENT, _CALLER)
 _SUCCESS = Outcome.SUCCESS
 
 
@@ -182,6 +183,9 @@ class ServiceStack:
         self._rewrite = flavor.rewrite
         self._ejected: frozenset[str] = frozenset()
         self._addresses: dict[str, str] = {}  # endpoint id -> "address:port", for spans
+        self._url_text = flavor.url_text
+        caller = telemetry.service.encode("ascii") if telemetry is not None else b""
+        self._caller_entry = (_CALLER, _CALLER, caller)
         self.size = 0
 
     def update(self, instances: Iterable[Instance]) -> None:
@@ -200,22 +204,36 @@ class ServiceStack:
         retries, retry = self.retries, None
         if retries is not None and isinstance(request.stream, self._flavor.byte_stream):
             retry = retries.safe if request.method in IDEMPOTENT else retries.unsafe
-        headers = request.headers
-        telemetry = self.telemetry
-        if telemetry is not None:
-            self._flavor.set_header(headers, _CALLER, telemetry.service)
-        if self._flavor.has_header(headers, _TRACEPARENT):
-            return CallState(request, retry, None)  # the caller's own: left alone
+        headers, flavor, telemetry = request.headers, self._flavor, self.telemetry
+        found = flavor.find_headers(headers, _TRACEPARENT, _CALLER)
+        if found & _HAS_TRACEPARENT:  # the caller's own: left alone
+            if telemetry is not None:
+                flavor.set_header(headers, _CALLER, telemetry.service)
+            return CallState(request, retry, None)
         parent = current_trace()
         if parent is not None and parent.tracestate:
-            self._flavor.set_header(headers, _TRACESTATE, format_tracestate(parent.tracestate))
+            flavor.set_header(headers, _TRACESTATE, format_tracestate(parent.tracestate))
         if telemetry is None:
             if parent is None:
-                parts, first = new_trace_parts(True)
-                return CallState(request, retry, parts, None, False, first)
-            return CallState(request, retry, child_traceparent_parts(parent))
+                parts, span_id = new_trace_parts(True)
+                call = CallState(request, retry, parts, None, False, span_id)
+            else:
+                parts, span_id = child_traceparent_parts(parent), new_span_id()
+                call = CallState(request, retry, parts, None, False, span_id)
+            flavor.add_header(headers, _TRACEPARENT, parts[0] + span_id + parts[1])
+            return call
         parts, parent_id, sampled, first_span_id = telemetry.trace_parts(parent)
-        return CallState(request, retry, parts, parent_id, sampled, first_span_id)
+        span_id = first_span_id or new_span_id()
+        traceparent = (parts[0] + span_id + parts[1]).encode("ascii")
+        # The first attempt's headers, added in one step (`prepare` replaces
+        # the traceparent on a retry).
+        if found & _HAS_CALLER:
+            flavor.set_header(headers, _CALLER, telemetry.service)
+            flavor.add_entries(headers, ((_TRACEPARENT, _TRACEPARENT, traceparent),))
+        else:
+            entries = (self._caller_entry, (_TRACEPARENT, _TRACEPARENT, traceparent))
+            flavor.add_entries(headers, entries)
+        return CallState(request, retry, parts, parent_id, sampled, span_id)
 
     @staticmethod
     def end_call(call: CallState) -> None:
@@ -232,15 +250,12 @@ class ServiceStack:
         DeadlineExceeded when no time is left; NoInstancesError when there is
         no instance to pick. One method on purpose: it runs for every attempt.
         """
-        request, trace, flavor, tried = call.request, call.trace, self._flavor, call.tried
-        if tried is None:
+        request, trace, tried = call.request, call.trace, call.tried
+        if tried is None:  # the first attempt: `begin_call` stamped its headers
             tried = call.tried = []
-            if trace is not None:  # the first attempt: `_begin` saw no traceparent
-                span_id = call.span_id = call.span_id or new_span_id()
-                flavor.add_header(request.headers, _TRACEPARENT, trace[0] + span_id + trace[1])
         elif trace is not None:
             span_id = call.span_id = new_span_id()
-            flavor.set_header(request.headers, _TRACEPARENT, trace[0] + span_id + trace[1])
+            self._flavor.set_header(request.headers, _TRACEPARENT, trace[0] + span_id + trace[1])
         left = remaining_time()
         if left is not None:
             self._stamp_deadline(call, left)
@@ -330,7 +345,8 @@ class ServiceStack:
         if call.sampled:
             address = self._addresses.get(endpoint.id) or f"{endpoint.address}:{endpoint.port}"
             attempt = len(call.tried or ())
-            span = (call.trace, call.span_id, call.parent_id, call.url, attempt, address, error)
+            url = self._url_text(call.url)
+            span = (call.trace, call.span_id, call.parent_id, url, attempt, address, error)
         route = request.extensions.get(ROUTE_EXTENSION)
         telemetry.attempted(
             self.service, request.method, route, status, call.began, ended, call.sampled, span
