@@ -268,3 +268,80 @@ async def test_each_concurrent_request_carries_its_own_trace_upstream() -> None:
                 assert all(a.status_code == 200 for a in answers)
                 for path, trace in traces.items():
                     assert seen[path.encode()] == trace.encode()
+
+
+def two_upstreams_gateway(a: int, b: int, route: dict[str, object]) -> Gateway:
+    clusters = Clusters(clock=SystemClock())
+    clusters.update("svc", [endpoint(a, "a"), endpoint(b, "b")])
+    config = GatewayConfig({"r": decode_route(json.dumps(route))}, "1")
+    return Gateway(config, clusters=clusters, pool=UpstreamPool())
+
+
+async def test_a_retriable_answer_on_the_fast_path_is_retried_on_the_other_endpoint() -> None:
+    async def failing(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if path_of(head) == b"/flaky":
+            writer.write(b"HTTP/1.1 503 Busy\r\ncontent-length: 4\r\n\r\nbusy")
+            await writer.drain()
+            return True
+        return await echo_path(head, writer)
+
+    route = {**ROUTE, "retries": {"attempts": 2}}  # gateway-error (502/503/504) by default
+    async with keepalive_upstream(failing) as (a, a_heads), keepalive_upstream(echo_path) as (b, _):
+        gw = two_upstreams_gateway(a, b, route)
+        async with running(gw) as client:
+            for _ in range(4):  # an idle pooled connection to each endpoint
+                assert (await client.get("/warm")).status_code == 200
+            answers = [await client.get("/flaky") for _ in range(6)]
+    assert [a.status_code for a in answers] == [200] * 6
+    assert [a.text for a in answers] == ["/flaky"] * 6
+    assert sum(path_of(h) == b"/flaky" for h in a_heads) >= 1  # some went to `a` first
+
+
+async def test_a_per_try_timeout_on_the_fast_path_is_retried_on_the_other_endpoint() -> None:
+    async def stalls(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if path_of(head) == b"/stall":
+            await asyncio.sleep(2)
+        return await echo_path(head, writer)
+
+    route = {**ROUTE, "retries": {"attempts": 2, "per_try_timeout": "200ms"}}
+    async with keepalive_upstream(stalls) as (a, _), keepalive_upstream(echo_path) as (b, _):
+        gw = two_upstreams_gateway(a, b, route)
+        async with running(gw) as client:
+            for _ in range(4):
+                assert (await client.get("/warm")).status_code == 200
+            answers = [await client.get("/stall") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200] * 4
+
+
+async def test_a_client_gone_before_a_split_answer_frees_the_upstream_connection() -> None:
+    async def split_late(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if path_of(head) != b"/late":
+            return await echo_path(head, writer)
+        await asyncio.sleep(0.2)  # the client leaves meanwhile
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nla")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"te")
+        await writer.drain()
+        return True
+
+    async with keepalive_upstream(split_late) as (port, heads):
+        gw, taken = counted(ROUTE, port)
+        async with running(gw) as client:
+            await client.get("/warm")
+            assert client.base_url.port is not None
+            _, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+            writer.write(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()  # gone while the answer is half here
+            for _ in range(100):
+                pool = gw.pool.pools()[0]
+                if pool.active == pool.idle:
+                    break
+                await asyncio.sleep(0.02)
+            assert pool.active == pool.idle  # nothing left in use
+            after = await client.get("/after")
+    assert taken[1] is True
+    assert after.text == "/after"
+    assert [path_of(h) for h in heads] == [b"/warm", b"/late", b"/after"]

@@ -43,12 +43,13 @@
 #   callbacks of interleaved requests share the loop's context.
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
 
-from crossway.balance import Call, Endpoint
-from crossway.proxy.forward import begin_bodiless, finish_bodiless
+from crossway.balance import Call
+from crossway.proxy.forward import RetriableStatus, begin_bodiless, finish_bodiless
 from crossway.proxy.headers import Headers, forward_response
 from crossway.proxy.http1 import Body
 from crossway.proxy.http1_wire import EndOfResponse, Framing, ResponseEvent, ResponseReceived
@@ -56,7 +57,7 @@ from crossway.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from crossway.proxy.clusters import Cluster
-    from crossway.proxy.gateway import Gateway, _Outcome
+    from crossway.proxy.gateway import Gateway, _Outcome, _Retries, _Step
     from crossway.proxy.server import Http1Stream
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,12 @@ class FastExchange:
         "call",
         "cluster",
         "conn",
-        "endpoint",
         "gateway",
         "outcome",
         "plan",
+        "retries",
         "reused",
+        "step",
         "stream",
     )
 
@@ -82,39 +84,34 @@ class FastExchange:
         gateway: Gateway,
         stream: Http1Stream,
         conn: UpstreamConnection,
-        endpoint: Endpoint,
         cluster: Cluster,
         call: Call,
         outcome: _Outcome,
+        retries: _Retries,
+        step: _Step,
     ) -> None:
         self.gateway = gateway
         self.stream = stream
         self.conn = conn
-        self.endpoint = endpoint
         self.cluster = cluster
         self.call = call
         self.outcome = outcome
+        self.retries = retries
+        self.step = step  # the first attempt's terms: endpoint, edits, timeout, ...
         self.reused = conn.exchanges > 0
 
-    def send(
-        self,
-        target: bytes,
-        extra: Headers,
-        drop: frozenset[bytes],
-        timeout: float,
-        max_body: int | None,
-        idle_timeout: float,
-    ) -> None:
+    def send(self, max_body: int | None, idle_timeout: float) -> None:
         """Write the request head upstream and wait for the answer by callback."""
+        step = self.step
         self.plan = begin_bodiless(
             self.stream,
             self.conn,
             policy=self.gateway.options.policy,
-            timeout=timeout,
+            timeout=step.timeout,
             idle_timeout=idle_timeout,
-            target=target,
-            extra_headers=extra,
-            drop_headers=drop,
+            target=self.retries.target,
+            extra_headers=step.edits.extra,
+            drop_headers=step.edits.drop,
             max_body=max_body,
         )
         self.conn.relay = self  # the answer cannot arrive before this returns
@@ -133,6 +130,9 @@ class FastExchange:
             and (count == 2 or type(events[1]) is Body)
         ):
             head = events[0].head
+            if head.status in self.step.statuses:
+                self._retry(head.status)
+                return True
             body = events[1].data if count == 3 else b""  # type: ignore[union-attr]
             try:
                 self._answer(head.status, head.headers, body, head.framing, head.content_length)
@@ -157,10 +157,18 @@ class FastExchange:
         stream.respond(status, headers, body, length=length, no_body=no_body)
         outcome = self.outcome
         outcome.status = status
-        gateway.answered(self.cluster, self.endpoint, self.call, outcome, status)
+        gateway.answered(self.cluster, self.step.endpoint, self.call, outcome, status)
+        gateway.answered_whole(self.retries, self.step, status)
         gateway.pool.release(conn)
         gateway.account(stream, outcome)
         stream.settle()
+
+    def _retry(self, status: int) -> None:
+        # The answer was read whole and is dropped unseen: the connection
+        # goes back to its pool, the next attempts run on the general path.
+        self.conn.disarm_timeout()
+        self.gateway.pool.release(self.conn)
+        self.stream.resume(functools.partial(self._dropped, status))
 
     def _abandon(self) -> None:
         self.conn.close()
@@ -174,14 +182,21 @@ class FastExchange:
     def resume(self) -> Coroutine[None, None, None]:
         """The rest of the exchange on the general path, in the client
         connection's task (see the module header, step 3)."""
-        gateway = self.gateway
         exchange = finish_bodiless(
-            self.stream, self.conn, gateway.pool, self.plan, reused=self.reused
+            self.stream, self.conn, self.gateway.pool, self.plan, reused=self.reused
         )
-        attempt = gateway.settle(self.cluster, self.endpoint, self.call, self.outcome, exchange)
-        work = _record_status(attempt, self.outcome)
-        return gateway.complete(self.stream, self.outcome, work)
+        return self._going_on(exchange)
+
+    def _dropped(self, status: int) -> Coroutine[None, None, None]:
+        return self._going_on(_raise(RetriableStatus(status)))
+
+    def _going_on(self, exchange: Coroutine[None, None, int]) -> Coroutine[None, None, None]:
+        """The first attempt ending with `exchange`, then the route's others."""
+        gateway = self.gateway
+        step = self.step
+        first = gateway.settle(self.cluster, step.endpoint, self.call, self.outcome, exchange)
+        return gateway.resume_attempts(self.stream, self.outcome, self.retries, step, first)
 
 
-async def _record_status(attempt: Coroutine[None, None, int], outcome: _Outcome) -> None:
-    outcome.status = await attempt
+async def _raise(error: Exception) -> int:
+    raise error

@@ -208,7 +208,7 @@ class Gateway:
             return False
         match, plan, path, query = found.match, found.plan, found.path, found.query
         backend = plan.plain
-        if backend is None or plan.limit is not None or plan.attempts > 1:
+        if backend is None or plan.limit is not None:
             return False
         if plan.edits.needs_origin:
             return False
@@ -232,21 +232,48 @@ class Gateway:
             self.pool.endpoint(address).limit_connections(cluster.max_connections)
         outcome = _Outcome(started)
         outcome.route = match.route.name
-        extra, drop = plan.edits.extra, plan.edits.drop
-        telemetry = self.telemetry
-        if telemetry is not None:
+        if self.telemetry is not None:
             # Held by the request, not made current: callbacks of interleaved
             # requests share the loop's context.
-            request = outcome.telemetry = telemetry.begin_request(stream)
-            extra, drop = telemetry.upstream_for(request, extra, drop, service, endpoint)
+            outcome.telemetry = self.telemetry.begin_request(stream)
         target = head.target
         if not query and target.endswith(b"?"):
             target = path.encode("latin-1")  # as a decided unchanged path is sent
-        timeout, _ = _attempt_timeout(plan, plan.timeout)
+        retries = _Retries(match, plan, service, target, None, frozenset())
+        budget = None
+        if plan.attempts > 1:  # as `_attempts` begins
+            budget = plan.budgets.get(service)
+            if budget is not None:
+                budget.deposit()
+            retriable = plan.retry_statuses if _may_retry_status(stream, route) else frozenset()
+            retries = retries._replace(deadline=started + plan.timeout, retriable=retriable)
+        step = self._step(retries, plan.edits, budget, endpoint, 0, outcome, started)
         call = cluster.balancer(route.balancer).begin(endpoint)
-        exchange = FastExchange(self, stream, conn, endpoint, cluster, call, outcome)
-        exchange.send(target, extra, drop, timeout, route.max_request_bytes, plan.idle_timeout)
+        exchange = FastExchange(self, stream, conn, cluster, call, outcome, retries, step)
+        exchange.send(route.max_request_bytes, plan.idle_timeout)
         return True
+
+    def resume_attempts(
+        self,
+        stream: Stream,
+        outcome: _Outcome,
+        retries: _Retries,
+        step: _Step,
+        first: Coroutine[None, None, int],
+    ) -> Coroutine[None, None, None]:
+        """The rest of a request the fast path began: its first attempt's
+        `first` (`step` its terms), then the route's other attempts."""
+        attempts = self._attempts(
+            stream,
+            retries.match,
+            retries.plan,
+            retries.service,
+            retries.target,
+            retries.deadline,
+            outcome,
+            (step, first),
+        )
+        return self.complete(stream, outcome, _record_status(attempts, outcome))
 
     def _lookup(self, head: RequestHead, config: GatewayConfig) -> _Lookup:
         """The request's route and its plan; raises `NoRoute`."""
@@ -371,9 +398,12 @@ class Gateway:
         target: bytes,
         deadline: float | None,
         outcome: _Outcome,
+        first: tuple[_Step, Coroutine[None, None, int]] | None = None,
     ) -> int:
         """The route's attempts; `deadline` (clock time) None: `plan.timeout`
-        from now (read from the clock only when there may be a second attempt)."""
+        from now (read from the clock only when there may be a second attempt).
+        `first`: the first attempt's terms and exchange, begun by the fast
+        path (which then also made the budget's deposit)."""
         route = match.route.route
         edits = plan.edits
         if edits.needs_origin:
@@ -383,32 +413,38 @@ class Gateway:
         budget = None
         if attempts > 1:
             budget = plan.budgets.get(service)
-            if budget is not None:
+            if budget is not None and first is None:
                 budget.deposit()
             if deadline is None:
                 deadline = self._clock.now() + plan.timeout
+        retries = _Retries(match, plan, service, target, deadline, retriable)
         tried: set[str] = set()
         for attempt in range(attempts):
-            picked = outcome.picked
-            if picked is not None and picked[0] == service:
-                outcome.picked, endpoint = None, picked[1]
-            else:  # the first pick reuses the request's start time for ejection expiry
-                endpoint = self._pick(service, route, tried, None if tried else outcome.started)
-            if self.telemetry is not None:  # trace context and caller, upstream noted
-                extra, drop = self.telemetry.upstream(edits.extra, edits.drop, service, endpoint)
-                edits = edits._replace(extra=extra, drop=drop)
-            # A retry is reserved before an answer could be dropped for it,
-            # so a retry the budget refuses relays that answer instead.
-            final = attempt + 1 >= attempts
-            held = budget if not final and budget is not None and budget.reserve() else None
-            spent = not final and budget is not None and held is None
-            statuses: frozenset[int] = frozenset() if final or spent else retriable
-            remaining = plan.timeout if deadline is None else deadline - self._clock.now()
-            timeout, overall = _attempt_timeout(plan, remaining)
-            try:
-                status = await self._attempt(
-                    stream, service, endpoint, route, target, edits, statuses, timeout, outcome
+            if first is not None:
+                step, exchange = first
+                first = None
+            else:
+                picked = outcome.picked
+                if picked is not None and picked[0] == service:
+                    outcome.picked, endpoint = None, picked[1]
+                else:  # the first pick reuses the request's start time for ejection expiry
+                    endpoint = self._pick(service, route, tried, None if tried else outcome.started)
+                step = self._step(retries, edits, budget, endpoint, attempt, outcome, None)
+                exchange = self._attempt(
+                    stream,
+                    service,
+                    endpoint,
+                    route,
+                    target,
+                    step.edits,
+                    step.statuses,
+                    step.timeout,
+                    outcome,
                 )
+            endpoint, edits, held = step.endpoint, step.edits, step.held
+            final, spent, overall = step.final, step.spent, step.overall
+            try:
+                status = await exchange
             except RetriableStatus:
                 tried.add(endpoint.id)
                 if held is not None:
@@ -441,6 +477,50 @@ class Gateway:
             if self.stats is not None:
                 self.stats.retried(match.route.name)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _step(
+        self,
+        retries: _Retries,
+        edits: _Edits,
+        budget: RetryGate | None,
+        endpoint: Endpoint,
+        attempt: int,
+        outcome: _Outcome,
+        now: float | None,
+    ) -> _Step:
+        """The terms of one attempt to `endpoint` (`now`: the clock, if read)."""
+        telemetry = self.telemetry
+        if telemetry is not None:  # trace context and caller, upstream noted
+            service = retries.service
+            if outcome.telemetry is not None:  # held, not current: the fast path's
+                request = outcome.telemetry
+                extra, drop = telemetry.upstream_for(
+                    request, edits.extra, edits.drop, service, endpoint
+                )
+            else:
+                extra, drop = telemetry.upstream(edits.extra, edits.drop, service, endpoint)
+            edits = edits._replace(extra=extra, drop=drop)
+        plan = retries.plan
+        # A retry is reserved before an answer could be dropped for it,
+        # so a retry the budget refuses relays that answer instead.
+        final = attempt + 1 >= plan.attempts
+        held = budget if not final and budget is not None and budget.reserve() else None
+        spent = not final and budget is not None and held is None
+        statuses: frozenset[int] = frozenset() if final or spent else retries.retriable
+        deadline = retries.deadline
+        if deadline is None:
+            remaining = plan.timeout
+        else:
+            remaining = deadline - (self._clock.now() if now is None else now)
+        timeout, overall = _attempt_timeout(plan, remaining)
+        return _Step(endpoint, edits, held, spent, statuses, timeout, overall, final)
+
+    def answered_whole(self, retries: _Retries, step: _Step, status: int) -> None:
+        """The fast path relayed `status` as the first attempt's answer."""
+        if step.held is not None:
+            step.held.cancel()
+        elif step.spent and status in retries.retriable:
+            self._retry_refused(retries.service)
 
     def _retry_refused(self, service: str) -> None:
         if self.stats is not None:
@@ -689,6 +769,39 @@ class _Edits(NamedTuple):
     drop: frozenset[bytes]
     response: Callable[[Headers], Headers] | None
     needs_origin: bool
+
+
+class _Retries(NamedTuple):
+    """What the attempts of a request the fast path began need to go on."""
+
+    match: Match
+    plan: _RoutePlan
+    service: str
+    target: bytes
+    deadline: float | None
+    retriable: frozenset[int]
+    """The statuses retried for this request (none: not idempotent, a body, ...)."""
+
+
+class _Step(NamedTuple):
+    """The terms of one attempt (`Gateway._step`)."""
+
+    endpoint: Endpoint
+    edits: _Edits
+    held: RetryGate | None
+    """A retry reserved from the budget: spent if this attempt is retried."""
+    spent: bool
+    """The budget refused a retry: this attempt's answer is relayed, whatever it is."""
+    statuses: frozenset[int]
+    """Answers dropped for another attempt."""
+    timeout: float
+    overall: bool
+    """`timeout` is what is left of the route's deadline: no retry after it."""
+    final: bool
+
+
+async def _record_status(attempts: Coroutine[None, None, int], outcome: _Outcome) -> None:
+    outcome.status = await attempts
 
 
 class _Lookup(NamedTuple):

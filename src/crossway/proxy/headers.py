@@ -60,9 +60,10 @@ _SPECIAL_RESPONSE = HOP_BY_HOP | _FIELD_NAMED
 _PLAIN_CONNECTION = frozenset({b"close", b"keep-alive"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ForwardingPolicy:
-    """How forwarding headers are written; one per listener."""
+    """How forwarding headers are written; one per listener (compared and
+    hashed by identity, as `Peer`: part of a cache key per request)."""
 
     via: bytes = b"crossway"
     trust_incoming: bool = False
@@ -70,9 +71,10 @@ class ForwardingPolicy:
     x_forwarded: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Peer:
-    """What the proxy knows about the client side of a request."""
+    """What the proxy knows about the client side of a request (compared and
+    hashed by identity: one per connection and host, a cache key per request)."""
 
     address: str
     scheme: bytes = b"http"

@@ -363,6 +363,9 @@ class Http1Protocol(asyncio.Protocol):
     def fast_resumed(self, resume: Resume) -> None:
         self._fast = False  # `_busy` stays: the task finishes the exchange
         held, self._held = self._held, []
+        if self._task is None or self._task.done():
+            self._server.finish_orphan(resume)  # the client is gone
+            return
         if held and self._transport is not None:
             self._transport.resume_reading()
         assert self._inbox is not None
@@ -427,6 +430,11 @@ class Http1Protocol(asyncio.Protocol):
             self.must_close = True
         finally:
             self.close()
+            # Exchanges the fast path began and left to this task still
+            # release their upstream connection and are accounted for.
+            while (event := inbox.take()) is not None:
+                if type(event) is Resume:
+                    self._server.finish_orphan(event)
 
     def _dispatch(self, event: Event | Resume) -> None:
         """Whatever comes between requests that is not one."""
@@ -482,6 +490,15 @@ class Http1Protocol(asyncio.Protocol):
         self._arm_timer(next_check)
 
 
+async def _quietly(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except ConnectionError:
+        pass  # the client is gone: writing to it fails, as expected here
+    except Exception:
+        log.exception("handler failed")
+
+
 def _with_request(peer: Peer, head: RequestHead) -> Peer:
     return Peer(address=peer.address, scheme=peer.scheme, host=head.host, version=head.version)
 
@@ -501,6 +518,7 @@ class ProxyServer:
         self.clock = clock or SystemClock()
         self.connections: set[Http1Protocol] = set()
         self._server: asyncio.Server | None = None
+        self._orphans: set[asyncio.Task[None]] = set()
         # A handler with a `start` method offers the fast path (FastStarter).
         has_start = callable(getattr(handler, "start", None))
         self.starter: FastStarter | None = cast(FastStarter, handler) if has_start else None
@@ -512,6 +530,14 @@ class ProxyServer:
 
     def connection_closed(self, conn: Http1Protocol) -> None:
         self.connections.discard(conn)
+
+    def finish_orphan(self, resume: Resume) -> None:
+        """Finish an exchange whose client connection's task has ended: its
+        answer goes nowhere, but its upstream connection and accounting must
+        not be lost with it."""
+        task = asyncio.get_running_loop().create_task(_quietly(resume.work()))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     async def start(
         self,
@@ -544,5 +570,7 @@ class ProxyServer:
             self._server.close()
         for conn in list(self.connections):
             conn.abort()
+        for task in list(self._orphans):
+            task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
