@@ -226,14 +226,10 @@ class _Connection:
         self.sock.close()
 
 
-class RespClient:
-    """A blocking Redis client for scripts, one connection per thread.
+class _Client:
+    """Where a client connects and how it logs in: the part both clients share."""
 
-    Speaks the `ScriptingClient` protocol of redis_limiter (evalsha,
-    script_load), so RedisGCRA takes it in place of a `redis.Redis`.
-    """
-
-    __slots__ = ("__weakref__", "_address", "_connections", "_local", "_lock")
+    __slots__ = ("_address",)
 
     def __init__(
         self,
@@ -249,9 +245,10 @@ class RespClient:
         self._address = _Address(
             host, port, db, username, password, socket_timeout, connect_timeout
         )
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._start()
+
+    def _start(self) -> None:
+        """Set up the client's own state (its connections)."""
 
     @classmethod
     def from_url(
@@ -265,6 +262,21 @@ class RespClient:
         return cls(
             **_parse_url(url), socket_timeout=socket_timeout, connect_timeout=connect_timeout
         )
+
+
+class RespClient(_Client):
+    """A blocking Redis client for scripts, one connection per thread.
+
+    Speaks the `ScriptingClient` protocol of redis_limiter (evalsha,
+    script_load), so RedisGCRA takes it in place of a `redis.Redis`.
+    """
+
+    __slots__ = ("__weakref__", "_connections", "_local", "_lock")
+
+    def _start(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
     def execute(self, command: bytes) -> Any:
         """Send one packed command (`pack_command`) and return its reply.
@@ -405,7 +417,7 @@ class _ReplyProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-class AsyncRespClient:
+class AsyncRespClient(_Client):
     """An asyncio Redis client for scripts: one pipelined connection.
 
     Speaks the `AsyncScriptingClient` protocol of redis_limiter (evalsha,
@@ -413,37 +425,11 @@ class AsyncRespClient:
     `redis.asyncio.Redis`. Use it from one event loop.
     """
 
-    __slots__ = ("_address", "_connecting", "_protocol")
+    __slots__ = ("_connecting", "_protocol")
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 6379,
-        *,
-        db: int = 0,
-        username: str | None = None,
-        password: str | None = None,
-        socket_timeout: float = DEFAULT_TIMEOUT,
-        connect_timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        self._address = _Address(
-            host, port, db, username, password, socket_timeout, connect_timeout
-        )
+    def _start(self) -> None:
         self._protocol: _ReplyProtocol | None = None
         self._connecting: asyncio.Future[_ReplyProtocol] | None = None
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        socket_timeout: float = DEFAULT_TIMEOUT,
-        connect_timeout: float = DEFAULT_TIMEOUT,
-    ) -> Self:
-        """A client for `redis://[[user]:password@]host[:port][/db]`."""
-        return cls(
-            **_parse_url(url), socket_timeout=socket_timeout, connect_timeout=connect_timeout
-        )
 
     async def execute(self, command: bytes) -> Any:
         """Send one packed command (`pack_command`) and await its reply.
