@@ -4,9 +4,10 @@
 Theory of operation
 -------------------
 A `Flavor` names a library's exceptions ("the request never left", "the
-transport failed"), the body type that can be sent again, and three
-operations the per-attempt path needs: move a URL to another host and port,
-test for a header, set one. httpx and httpx2 re-parse a whole URL to change
+transport failed"), the body type that can be sent again, and the
+operations the per-call path needs: move a URL to another host and port,
+test for a header (or two in one pass), set one, add several, and give a
+URL's text for a span. httpx and httpx2 re-parse a whole URL to change
 its host (tens of microseconds) and work out the encoding of every header
 before a lookup; the fast paths here use their parsed insides directly.
 
