@@ -100,6 +100,23 @@ class _Plan(NamedTuple):
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
+_NO_STATUSES: frozenset[int] = frozenset()
+
+
+def _plan(
+    wire_head: bytes,
+    timeout: float,
+    policy: ForwardingPolicy,
+    edit_response: Callable[[Headers], Headers] | None,
+    max_body: int | None,
+    retry_statuses: frozenset[int],
+    idle_timeout: float,
+) -> _Plan:
+    # tuple.__new__: a NamedTuple's generated __new__ costs ~200 ns, per request.
+    fields = (wire_head, timeout, policy, edit_response, max_body, retry_statuses, idle_timeout)
+    return tuple.__new__(_Plan, fields)
+
+
 async def forward(
     stream: Stream,
     address: Address,
@@ -135,7 +152,7 @@ async def forward(
         extra_headers = [*(extra_headers or []), (b"connection", b"upgrade")]
         extra_headers.append((b"upgrade", upgrade_to))
     wire_head = _request_head(stream, policy, target, extra_headers, drop_headers, address)
-    plan = _Plan(wire_head, timeout, policy, edit_response, max_body, retry_statuses, idle_timeout)
+    plan = _plan(wire_head, timeout, policy, edit_response, max_body, retry_statuses, idle_timeout)
     conn = pool.take_idle(address)
     if conn is not None:  # the common case, without `_attempt`'s coroutine
         try:
@@ -224,7 +241,7 @@ def begin_bodiless(
     armed. Returns the plan `finish_bodiless` takes if the answer is not
     taken whole."""
     wire = _request_head(stream, policy, target, extra_headers, drop_headers, conn.address)
-    plan = _Plan(wire, timeout, policy, None, max_body, frozenset(), idle_timeout)
+    plan = _plan(wire, timeout, policy, None, max_body, _NO_STATUSES, idle_timeout)
     conn.begin(stream.head.method)
     conn.write(wire)
     conn.arm_timeout(timeout)

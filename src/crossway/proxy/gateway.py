@@ -239,14 +239,16 @@ class Gateway:
         target = head.target
         if not query and target.endswith(b"?"):
             target = path.encode("latin-1")  # as a decided unchanged path is sent
-        retries = _Retries(match, plan, service, target, None, frozenset())
-        budget = None
+        budget = deadline = None
+        retriable = _NO_STATUSES
         if plan.attempts > 1:  # as `_attempts` begins
             budget = plan.budgets.get(service)
             if budget is not None:
                 budget.deposit()
-            retriable = plan.retry_statuses if _may_retry_status(stream, route) else frozenset()
-            retries = retries._replace(deadline=started + plan.timeout, retriable=retriable)
+            retriable = plan.retry_statuses if _may_retry_status(stream, route) else _NO_STATUSES
+            deadline = started + plan.timeout
+        # tuple.__new__: a NamedTuple's generated __new__ costs ~200 ns, per request here.
+        retries = tuple.__new__(_Retries, (match, plan, service, target, deadline, retriable))
         step = self._step(retries, plan.edits, budget, endpoint, 0, outcome, started)
         call = cluster.balancer(route.balancer).begin(endpoint)
         exchange = FastExchange(self, stream, conn, cluster, call, outcome, retries, step)
@@ -288,7 +290,8 @@ class Gateway:
         plan = self._plans.get(match.route)
         if plan is None:
             plan = self._plan(match)
-        return _Lookup(match, plan, method, host, path, query, headers)
+        found = (match, plan, method, host, path, query, headers)
+        return tuple.__new__(_Lookup, found)  # tuple.__new__: see `start`
 
     async def _handle(self, stream: Stream, config: GatewayConfig, outcome: _Outcome) -> None:
         head = stream.head
@@ -499,21 +502,25 @@ class Gateway:
                 )
             else:
                 extra, drop = telemetry.upstream(edits.extra, edits.drop, service, endpoint)
-            edits = edits._replace(extra=extra, drop=drop)
+            # tuple.__new__ rather than _replace: see `start`.
+            edits = tuple.__new__(_Edits, (extra, drop, edits.response, edits.needs_origin))
         plan = retries.plan
         # A retry is reserved before an answer could be dropped for it,
         # so a retry the budget refuses relays that answer instead.
         final = attempt + 1 >= plan.attempts
         held = budget if not final and budget is not None and budget.reserve() else None
         spent = not final and budget is not None and held is None
-        statuses: frozenset[int] = frozenset() if final or spent else retries.retriable
+        statuses = _NO_STATUSES if final or spent else retries.retriable
         deadline = retries.deadline
         if deadline is None:
             remaining = plan.timeout
         else:
             remaining = deadline - (self._clock.now() if now is None else now)
         timeout, overall = _attempt_timeout(plan, remaining)
-        return _Step(endpoint, edits, held, spent, statuses, timeout, overall, final)
+        # tuple.__new__: see `start`.
+        return tuple.__new__(
+            _Step, (endpoint, edits, held, spent, statuses, timeout, overall, final)
+        )
 
     def answered_whole(self, retries: _Retries, step: _Step, status: int) -> None:
         """The fast path relayed `status` as the first attempt's answer."""
@@ -712,6 +719,7 @@ def _seconds(duration: Duration) -> float:
     return seconds(duration, "timeout")
 
 
+_NO_STATUSES: frozenset[int] = frozenset()
 _GATEWAY_ERRORS = frozenset({502, 503, 504})
 _ALL_5XX = frozenset(range(500, 600))
 
