@@ -345,3 +345,27 @@ async def test_a_client_gone_before_a_split_answer_frees_the_upstream_connection
     assert taken[1] is True
     assert after.text == "/after"
     assert [path_of(h) for h in heads] == [b"/warm", b"/late", b"/after"]
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer() -> None:
+    async def slow(head: bytes, writer: asyncio.StreamWriter) -> bool:
+        if path_of(head) == b"/slow":
+            await asyncio.sleep(0.1)
+        return await echo_path(head, writer)
+
+    async with keepalive_upstream(slow) as (port, _):
+        gw, taken = counted(ROUTE, port)
+        async with running(gw) as client:
+            await client.get("/warm")
+            assert client.base_url.port is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.base_url.port)
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)  # the request is in flight upstream
+            writer.write_eof()  # nothing more to send, the answer still wanted
+            async with asyncio.timeout(5):
+                received = await reader.read(-1)  # until the gateway closes
+            writer.close()
+    assert taken[1] is True
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.endswith(b"/slow")

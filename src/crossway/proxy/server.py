@@ -264,6 +264,7 @@ class Http1Protocol(asyncio.Protocol):
         self._starter: FastStarter | None = server.starter
         self._fast = False  # an exchange begun by the fast path is in flight
         self._held: list[Event] = []  # what arrived meanwhile
+        self._eof = False  # the client's end of input, held meanwhile
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -290,8 +291,7 @@ class Http1Protocol(asyncio.Protocol):
             self._held.extend(events)
             if self._transport is not None:
                 self._transport.pause_reading()
-            return
-        if not self._start_fast(events):
+        elif not self._start_fast(events):
             self._inbox.put(events)
         if parser.state is State.HEAD:
             deadline = parser.header_deadline()
@@ -299,10 +299,16 @@ class Http1Protocol(asyncio.Protocol):
                 self._arm_timer(deadline - self._clock.now())
 
     def eof_received(self) -> bool:
+        if self._fast:
+            self._eof = True  # taken in its turn, after the exchange in flight
+        else:
+            self._take_eof()
+        return True  # keep our side open so a response can still be written
+
+    def _take_eof(self) -> None:
         assert self._inbox is not None
         self._inbox.put(self._parser.receive(b""))
         self._inbox.close()
-        return True  # keep our side open so a response can still be written
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gate.lose()
@@ -357,8 +363,12 @@ class Http1Protocol(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.resume_reading()
             assert self._inbox is not None
-            if not self._start_fast(held):
-                self._inbox.put(held)
+            if self._start_fast(held):
+                return  # an end of input waits for this one too
+            self._inbox.put(held)
+        if self._eof:
+            self._eof = False
+            self._take_eof()
 
     def fast_resumed(self, resume: Resume) -> None:
         self._fast = False  # `_busy` stays: the task finishes the exchange
@@ -370,6 +380,9 @@ class Http1Protocol(asyncio.Protocol):
             self._transport.resume_reading()
         assert self._inbox is not None
         self._inbox.put([resume, *held])
+        if self._eof:
+            self._eof = False
+            self._take_eof()
 
     # -- used by Http1Stream -------------------------------------------------
 
