@@ -503,9 +503,9 @@ class Http1Protocol(asyncio.Protocol):
         self._arm_timer(next_check)
 
 
-async def _quietly(work: Awaitable[None]) -> None:
+async def _quietly(resume: Resume) -> None:
     try:
-        await work
+        await resume.work()  # made in the task: its context is the task's
     except ConnectionError:
         pass  # the client is gone: writing to it fails, as expected here
     except Exception:
@@ -548,7 +548,7 @@ class ProxyServer:
         """Finish an exchange whose client connection's task has ended: its
         answer goes nowhere, but its upstream connection and accounting must
         not be lost with it."""
-        task = asyncio.get_running_loop().create_task(_quietly(resume.work()))
+        task = asyncio.get_running_loop().create_task(_quietly(resume))
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)
 
