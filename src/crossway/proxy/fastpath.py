@@ -15,27 +15,36 @@
 #      request, read whole while the connection is idle, to
 #      `Gateway.start`, which takes it only for a plain route (one
 #      backend, no decision that varies, no rate limit, no circuit
-#      breaking, one attempt) with an idle pooled connection to the picked
-#      endpoint; it writes the request head and arms `FastExchange` as the
-#      connection's `relay`.
+#      breaking; retries are fine). It picks an endpoint and, with an idle
+#      pooled connection to it, works out the first attempt's terms as the
+#      general path does (budget deposit and reservation, retried statuses,
+#      timeout), writes the request head and arms `FastExchange` as the
+#      connection's `relay`. Without one, the stream is resumed on the
+#      general path, which connects to that same endpoint.
 #   2. `UpstreamConnection.data_received` (upstream.py) hands the relay the
 #      events of each read. When they are a whole answer (head, body, end)
 #      the relay writes the client's response in one write, reports to the
-#      balancer, the outlier detector, the statistics and the telemetry,
-#      returns the connection to its pool and settles the stream, which
-#      lets the client connection read its next request.
+#      balancer, the outlier detector, the retry budget, the statistics and
+#      the telemetry, returns the connection to its pool and settles the
+#      stream, which lets the client connection read its next request. A
+#      whole answer the route retries is dropped unseen instead: the
+#      connection goes back to its pool and the next attempts run as in 3.
 #   3. Anything else — an answer split over reads, a large or streamed
 #      body, a timeout, a closed connection, a broken response — falls back:
 #      the events go to the connection's Inbox as usual, and the stream is
 #      resumed in the client connection's task with `FastExchange.resume`,
 #      the general path's code from the point the head was sent (the same
-#      errors, 502/504 answers, stale-connection retry and accounting).
+#      errors, 502/504 answers, stale-connection retry, further attempts
+#      and accounting).
 #
 # Invariants
 # ----------
-# - A request the fast path declines is untouched: nothing was picked,
-#   taken from a pool, counted or sent.
+# - A request the fast path declines (`start` returns False) is untouched:
+#   nothing was picked, taken from a pool, counted or sent.
 # - Exactly one of `settle` and `resume` is called per request started.
+#   A resumed exchange whose client connection's task has ended is still
+#   finished, in a task of its own (server.py `finish_orphan`), so its
+#   upstream connection goes back to the pool and it is accounted for.
 # - The client connection reads nothing while a fast exchange is in flight
 #   (server.py holds what arrived and pauses reading), so pipelined requests
 #   are answered in order.
