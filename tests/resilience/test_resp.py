@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -239,6 +240,20 @@ async def test_async_client_pipelines_concurrent_calls_exactly(redis_url: str, p
     with pytest.raises(NoScriptError):
         await client.evalsha("0" * 40, 0)
     await client.aclose()
+
+
+def test_async_client_works_on_uvloop(redis_url: str, prefix: str) -> None:
+    # The gateway runs on uvloop, whose transports are not asyncio.Transport subclasses.
+    async def exchange() -> list[bool]:
+        client = AsyncRespClient.from_url(redis_url)
+        limiter = AsyncRedisGCRA(client, rate=0.001, burst=3, prefix=prefix)
+        try:
+            decisions = await asyncio.gather(*(limiter.try_acquire("u") for _ in range(5)))
+        finally:
+            await client.aclose()
+        return [d.allowed for d in decisions]
+
+    assert uvloop.run(exchange()) == [True, True, True, False, False]
 
 
 async def test_async_cancelled_waiters_keep_replies_in_order(redis_url: str, prefix: str) -> None:

@@ -52,7 +52,7 @@ import struct
 import sys
 import threading
 import weakref
-from typing import Any, Self, TypedDict
+from typing import Any, Self, TypedDict, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -351,8 +351,8 @@ class _ReplyProtocol(asyncio.Protocol):
         self._replies_at_arming = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
         transport = self.transport
