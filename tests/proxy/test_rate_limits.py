@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 import typer
 from typer.testing import CliRunner
@@ -125,6 +131,53 @@ async def test_a_global_limit_fails_open_when_redis_is_unreachable(lean: bool) -
     assert statuses == [200, 200, 200]
     assert gw.stats is not None
     assert gw.stats.rate_limit_unavailable["limited"] == 3
+
+
+GATEWAY_SCRIPT = """
+import sys
+from pathlib import Path
+from crossway.proxy.run import GatewaySettings, run_gateway
+run_gateway(GatewaySettings(config_path=Path(sys.argv[1]), host="127.0.0.1",
+    port=int(sys.argv[2]), admin_port=int(sys.argv[3]), redis_url=sys.argv[4]))
+"""
+
+
+def test_the_gateway_process_limits_globally_on_redis(tmp_path: Path, redis_url: str) -> None:
+    # The gateway as `crossway gateway` runs it: on uvloop, with its own Redis client.
+    route_name = f"proc-{uuid.uuid4().hex[:12]}"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "routes:\n"
+        f"  {route_name}:\n"
+        "    match: {path: /ping}\n"
+        "    direct_response: {status: 200, body: pong}\n"
+        "    rate_limit: {rate: 1/m, burst: 3, key: route, scope: global}\n"
+    )
+    port, admin = free_port(), free_port()
+    argv = [sys.executable, "-c", GATEWAY_SCRIPT, str(config), str(port), str(admin), redis_url]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the gateway never became ready"
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            statuses = [client.get("/ping").status_code for _ in range(5)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=10)[0].decode(errors="replace")
+        cleanup = redis.Redis.from_url(redis_url)
+        keys = list(cleanup.scan_iter(match=f"{REDIS_PREFIX}{route_name}:*"))
+        if keys:
+            cleanup.delete(*keys)
+        cleanup.close()
+    assert statuses == [200, 200, 200, 429, 429], output
+    assert "Traceback" not in output, output
 
 
 def test_a_global_limit_without_redis_is_a_config_error_naming_the_route(tmp_path: Path) -> None:
