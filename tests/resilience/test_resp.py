@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 import uvloop
@@ -73,6 +76,60 @@ def silent_server() -> Iterator[int]:
     for conn in accepted:
         conn.close()
     listener.close()
+
+
+ConnectionHandler = Callable[[int, socket.socket], None]
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[Callable[[ConnectionHandler], int]]:
+    """Starts a fake Redis whose n-th accepted connection (from 1) is served by
+    `handler(n, conn)` on a thread of its own; returns its port."""
+    listeners: list[socket.socket] = []
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def start(handler: ConnectionHandler) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(0.05)
+        listeners.append(listener)
+
+        def serve(index: int, conn: socket.socket) -> None:
+            with contextlib.suppress(OSError):  # the client closed or reset it
+                handler(index, conn)
+
+        def accept() -> None:
+            index = 0
+            while not stop.is_set():
+                try:
+                    conn = listener.accept()[0]
+                except (TimeoutError, OSError):
+                    continue
+                index += 1
+                conn.settimeout(5)
+                accepted.append(conn)
+                threading.Thread(target=serve, args=(index, conn), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        port: int = listener.getsockname()[1]
+        return port
+
+    yield start
+    stop.set()
+    time.sleep(0.1)
+    for conn in accepted:
+        conn.close()
+    for listener in listeners:
+        listener.close()
+
+
+def commands_of(conn: socket.socket) -> Iterator[list[bytes]]:
+    """The commands a client sends on `conn`, until it closes."""
+    reader = hiredis.Reader()
+    while data := conn.recv(65536):
+        reader.feed(data)
+        while (command := reader.gets()) is not False:
+            yield command
 
 
 def kill_connections_of(client_name: str, redis_url: str) -> int:
@@ -188,6 +245,76 @@ def test_dead_or_hung_redis_is_a_prompt_clear_error(silent_server: int) -> None:
     with pytest.raises(LimiterUnavailable, match="no reply"):
         RedisGCRA(hung, rate=1).try_acquire("k")
     assert time.monotonic() - started < 2.0
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_exception_mid_call_leaves_no_reply_for_the_next_call(
+    scripted_server: Callable[[ConnectionHandler], int],
+) -> None:
+    def slow_echo(_: int, conn: socket.socket) -> None:
+        for command in commands_of(conn):
+            time.sleep(0.3)
+            conn.sendall(b"$%d\r\n%b\r\n" % (len(command[1]), command[1]))
+
+    client = RespClient(port=scripted_server(slow_echo), socket_timeout=2)
+
+    def interrupt(*_: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Interrupted):
+            client.execute(pack_command("ECHO", "call-A"))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert client.execute(pack_command("ECHO", "call-B")) == b"call-B"
+    client.close()
+
+
+def test_a_malformed_reply_is_a_connection_error_and_is_not_resent(
+    scripted_server: Callable[[ConnectionHandler], int],
+) -> None:
+    sent: list[int] = []
+
+    def garble_the_second_reply(index: int, conn: socket.socket) -> None:
+        for _ in commands_of(conn):
+            sent.append(index)
+            conn.sendall(b"@?\r\n" if len(sent) == 2 else b"+PONG\r\n")
+
+    client = RespClient(port=scripted_server(garble_the_second_reply))
+    assert client.ping()
+    with pytest.raises(RedisConnectionError, match="malformed reply"):
+        client.ping()
+    assert client.ping()  # on a new connection
+    assert sent == [1, 1, 2]
+    client.close()
+
+
+def test_a_resend_that_times_out_leaves_no_closed_connection_behind(
+    scripted_server: Callable[[ConnectionHandler], int],
+) -> None:
+    def drop_then_hang_then_serve(index: int, conn: socket.socket) -> None:
+        for _ in commands_of(conn):
+            if index == 2:
+                continue  # a hung server: never answers
+            conn.sendall(b"+PONG\r\n")
+            if index == 1:
+                time.sleep(0.1)
+                conn.close()  # an idle connection the server drops
+                return
+
+    client = RespClient(port=scripted_server(drop_then_hang_then_serve), socket_timeout=0.3)
+    assert client.ping()
+    time.sleep(0.3)
+    with pytest.raises(RedisTimeoutError):
+        client.ping()  # the dropped connection's resend times out
+    assert client.ping()  # and the next call opens a third connection
+    client.close()
 
 
 def test_threads_get_their_own_connections_and_exact_counts(redis_url: str, prefix: str) -> None:

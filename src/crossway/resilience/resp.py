@@ -164,6 +164,10 @@ _forks = [0]
 os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
+class _MalformedReply(RedisConnectionError):
+    """The server's bytes are not RESP: the command may have run, so it is not resent."""
+
+
 class _Connection:
     """One blocking socket and its reply reader (one thread's)."""
 
@@ -217,7 +221,13 @@ class _Connection:
         except OSError as error:
             self.close()
             raise RedisConnectionError(f"{address}: {error.strerror or error}") from error
-        except RedisConnectionError:
+        except hiredis.ProtocolError as error:
+            self.close()
+            raise _MalformedReply(f"{address} sent a malformed reply ({error})") from None
+        except BaseException:
+            # Anything else (RedisConnectionError, KeyboardInterrupt, an exception
+            # raised by a signal handler, a gevent timeout) may leave this command's
+            # reply unread on the stream, where the next command would read it.
             self.close()
             raise
         return reply
@@ -284,23 +294,24 @@ class RespClient(_Client):
         Raises ResponseError (NoScriptError, ...) for an error reply,
         ConnectionError or TimeoutError when Redis cannot answer.
         """
-        connection: _Connection | None = getattr(self._local, "connection", None)
+        local = self._local
+        connection: _Connection | None = getattr(local, "connection", None)
         if connection is None or connection.fork != _forks[0]:
             connection = self._connect()
         try:
             reply = connection.round_trip(command, self._address)
-        except RedisConnectionError:
-            self._local.connection = None
-            if not connection.reused:
+        except RedisConnectionError as error:
+            local.connection = None
+            if not connection.reused or isinstance(error, _MalformedReply):
                 raise
             connection = self._connect()
             try:
                 reply = connection.round_trip(command, self._address)
-            except RedisConnectionError:
-                self._local.connection = None
+            except BaseException:  # the sibling handler below does not see this one's errors
+                local.connection = None
                 raise
-        except RedisTimeoutError:
-            self._local.connection = None
+        except BaseException:  # round_trip closed the connection
+            local.connection = None
             raise
         connection.reused = True
         if isinstance(reply, ResponseError):
