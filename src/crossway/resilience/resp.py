@@ -53,7 +53,7 @@ import sys
 import threading
 import weakref
 from typing import Any, Self, TypedDict, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
@@ -101,13 +101,19 @@ def _parse_url(url: str) -> _UrlParts:
     parts = urlsplit(url)
     if parts.scheme != "redis":
         raise ValueError(f"not a redis:// URL: {url!r}")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"db"})
+    if unknown:
+        # redis-py takes these; silently ignoring one would run with other settings
+        raise ValueError(f"{url!r}: unsupported query parameter {', '.join(unknown)} (only db)")
+    # As redis-py does, ?db= wins over the path.
+    db = query["db"][-1] if "db" in query else parts.path.strip("/")
+    if db and not db.isdigit():
         raise ValueError(f"the database of {url!r} must be a number")
     return {
         "host": parts.hostname or "127.0.0.1",
         "port": parts.port or 6379,
-        "db": int(path or 0),
+        "db": int(db or 0),
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
     }
@@ -268,7 +274,7 @@ class _Client:
         socket_timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_TIMEOUT,
     ) -> Self:
-        """A client for `redis://[[user]:password@]host[:port][/db]`."""
+        """A client for `redis://[[user]:password@]host[:port][/db][?db=db]`."""
         return cls(
             **_parse_url(url), socket_timeout=socket_timeout, connect_timeout=connect_timeout
         )
