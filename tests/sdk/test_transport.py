@@ -430,6 +430,78 @@ async def test_breaker_opens_after_failed_calls_and_stops_sending(
         assert (await http.get("http://orders/")).status_code == 200
 
 
+async def test_a_rate_breaker_judges_whole_calls_after_their_retries(
+    backend: Backend, discovery: FakeDiscovery
+) -> None:
+    # No timeout, bulkhead nor per-try timeout: the call runs in one
+    # coroutine and the breaker permit is taken and settled by hand.
+    clock = VirtualClock()
+    breaker = BreakerSpec(kind="rate", failure_rate=50, window=4, minimum_calls=4, open_for="5s")
+    policy = CallPolicy(retries=FAST_RETRIES, breaker=breaker)
+    backend.behaviours[8001] = backend.behaviours[8002] = status(503)
+    async with make_client(backend, discovery, policy, clock=clock) as http:
+        answers = [(await http.get("http://orders/")).status_code for _ in range(4)]
+        assert answers.count(200) >= 1  # a retry reached 8003 at least once
+        backend.behaviours[8003] = status(503)
+        outcomes = [await status_or_open(http) for _ in range(8)]
+        assert outcomes[-1] == "open"  # whole failed calls filled the window
+        sent = len(backend.seen)
+        with pytest.raises(CircuitOpenError):
+            await http.get("http://orders/")
+        assert len(backend.seen) == sent
+
+
+async def test_a_cancelled_half_open_probe_gives_its_slot_back(
+    backend: Backend, discovery: FakeDiscovery
+) -> None:
+    clock = VirtualClock()
+    started = asyncio.Event()
+
+    async def stuck(request: httpx2.Request) -> httpx2.Response:
+        started.set()
+        await asyncio.sleep(10)
+        return ok(request)
+
+    breaker = BreakerSpec(failures=1, open_for="10s")
+    policy = CallPolicy(balancer="least_request", retries=None, breaker=breaker)
+    for port in (8001, 8002, 8003):
+        backend.behaviours[port] = refuse
+    async with make_client(backend, discovery, policy, clock=clock) as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.get("http://orders/")
+        with pytest.raises(CircuitOpenError):
+            await http.get("http://orders/")
+        clock.advance(11)
+        for port in (8001, 8002, 8003):
+            backend.behaviours[port] = stuck
+        probe = asyncio.create_task(http.get("http://orders/"))
+        await started.wait()
+        with pytest.raises(CircuitOpenError):  # the one probe slot is taken
+            await http.get("http://orders/")
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        backend.behaviours.clear()
+        assert (await http.get("http://orders/")).status_code == 200  # a new probe
+        assert (await http.get("http://orders/")).status_code == 200  # closed again
+        stack = transport_of(http).router.stack("orders")
+        assert stack is not None
+        assert all(stack.balancer.pending(f"orders-{n}") == 0 for n in (1, 2, 3))  # type: ignore[attr-defined]
+
+
+async def status_or_open(http: httpx2.AsyncClient) -> int | str:
+    try:
+        return (await http.get("http://orders/")).status_code
+    except CircuitOpenError:
+        return "open"
+
+
+def transport_of(http: httpx2.AsyncClient) -> CrosswayTransport:
+    transport = http._transport
+    assert isinstance(transport, CrosswayTransport)
+    return transport
+
+
 async def test_a_full_bulkhead_refuses_at_once(backend: Backend, discovery: FakeDiscovery) -> None:
     release = asyncio.Event()
 
