@@ -373,6 +373,37 @@ def test_a_forked_child_opens_its_own_connection(redis_url: str, prefix: str) ->
     client.close()
 
 
+def _child_pings(client: RespClient, results: Any) -> None:
+    results.put(client.ping())
+
+
+def test_a_child_forked_while_another_thread_holds_the_lock_can_connect(redis_url: str) -> None:
+    client = RespClient.from_url(redis_url)
+    assert client.ping()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with client._lock:  # as a thread in _connect or close() at fork time
+            holding.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    try:
+        assert holding.wait(timeout=5)
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        child = ctx.Process(target=_child_pings, args=(client, results))
+        child.start()
+        assert results.get(timeout=10) is True
+        child.join(timeout=10)
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        holder.join(timeout=5)
+    client.close()
+
+
 async def test_async_client_pipelines_concurrent_calls_exactly(redis_url: str, prefix: str) -> None:
     client = AsyncRespClient.from_url(redis_url)
     limiter = AsyncRedisGCRA(client, rate=0.001, burst=25, prefix=prefix)

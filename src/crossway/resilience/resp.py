@@ -13,7 +13,8 @@
 #     hiredis' C reader;
 #   - `RespClient` (threads) holds one blocking connection per thread: no pool
 #     and no lock on a call's path. A forked child opens its own connections
-#     (the parent's socket would interleave two processes' replies);
+#     (the parent's socket would interleave two processes' replies) and renews
+#     each client's lock (another thread may have held it at fork time);
 #   - `AsyncRespClient` holds one connection per client and pipelines: a call
 #     writes its command at once and awaits its reply, and replies resolve the
 #     waiting futures in the order the commands were written (Redis answers in
@@ -167,7 +168,18 @@ def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
 
 # Bumped in a forked child: connections made before the fork belong to the parent.
 _forks = [0]
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+# Every blocking client, for the child to renew their locks: a lock another
+# thread held at fork time stays held forever in the child.
+_blocking_clients: weakref.WeakSet[RespClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _forks[0] += 1
+    for client in list(_blocking_clients):
+        client._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _MalformedReply(RedisConnectionError):
@@ -293,6 +305,7 @@ class RespClient(_Client):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        _blocking_clients.add(self)
 
     def execute(self, command: bytes) -> Any:
         """Send one packed command (`pack_command`) and return its reply.
