@@ -475,3 +475,124 @@ async def test_async_reconnects_and_reports_dead_or_hung_redis(
         await hung.ping()
     assert time.monotonic() - started < 2.0
     await hung.aclose()
+
+
+class FakeRedis:
+    """An asyncio fake Redis: `answer(n, command)` is the reply to a command on
+    the n-th connection (from 1), None to answer nothing, b"" to drop it."""
+
+    def __init__(self, answer: Callable[[int, list[bytes]], bytes | None]) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.open = 0
+        self.commands: list[tuple[int, bytes]] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, stream: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        index = self.connections
+        reader = hiredis.Reader()
+        try:
+            while data := await stream.read(65536):
+                reader.feed(data)
+                while (command := reader.gets()) is not False:
+                    self.commands.append((index, command[0]))
+                    reply = self.answer(index, command)
+                    if reply == b"":
+                        writer.transport.abort()
+                        return
+                    if reply is not None:
+                        writer.write(reply)
+        except ConnectionError:
+            pass
+        finally:
+            self.open -= 1
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+async def test_async_login_replies_do_not_make_a_fresh_connection_reused() -> None:
+    def drop_the_first_command(index: int, command: list[bytes]) -> bytes | None:
+        if command[0] == b"SELECT":
+            return b"+OK\r\n"
+        return b"" if index == 1 else b"+PONG\r\n"
+
+    fake = FakeRedis(drop_the_first_command)
+    client = AsyncRespClient(port=await fake.start(), db=2)
+    with pytest.raises(RedisConnectionError):
+        await client.ping()  # dropped on its first use: not sent again
+    assert fake.commands == [(1, b"SELECT"), (1, b"PING")]
+    assert await client.ping()
+    await client.aclose()
+    await fake.close()
+
+
+async def test_async_a_connect_every_caller_gave_up_on_leaves_no_stale_outcome() -> None:
+    port = closed_port()
+    client = AsyncRespClient(port=port)
+    call = asyncio.ensure_future(client.ping())
+    await asyncio.sleep(0)
+    call.cancel()  # before the refused connect completes
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.05)  # the refused attempt ends with no caller left
+    fake = FakeRedis(lambda index, command: b"+PONG\r\n")
+    fake.server = await asyncio.start_server(fake._serve, "127.0.0.1", port)
+    assert await client.ping()  # a new attempt, not the refused one's error
+    await client.aclose()
+    await fake.close()
+
+
+async def test_async_aclose_cancels_a_pending_connect_and_resends_nothing() -> None:
+    pings_on_3 = 0
+
+    def login_hangs_on_1_third_ping_hangs_on_3(index: int, command: list[bytes]) -> bytes | None:
+        nonlocal pings_on_3
+        if command[0] == b"SELECT":
+            return None if index == 1 else b"+OK\r\n"
+        if index == 3:
+            pings_on_3 += 1
+            if pings_on_3 == 3:
+                return None
+        return b"+PONG\r\n"
+
+    fake = FakeRedis(login_hangs_on_1_third_ping_hangs_on_3)
+    client = AsyncRespClient(port=await fake.start(), db=2, socket_timeout=5)
+    call = asyncio.ensure_future(client.ping())
+    await asyncio.sleep(0.05)  # connected, waiting for the SELECT reply
+    await client.aclose()
+    with pytest.raises(RedisConnectionError, match="client closed"):
+        await call
+    assert await client.ping()  # a later call opens connection 2
+    await client.aclose()
+
+    assert await client.ping()  # connection 3: reused once answered
+    assert await client.ping()
+    in_flight = asyncio.ensure_future(client.ping())  # never answered
+    await asyncio.sleep(0.05)
+    await client.aclose()
+    with pytest.raises(RedisConnectionError, match="client closed"):
+        await in_flight
+    await asyncio.sleep(0.05)
+    assert fake.connections == 3  # the in-flight call was not sent again
+    assert fake.open == 0
+    await fake.close()
+
+
+async def test_async_a_malformed_reply_is_a_connection_error_and_is_not_resent() -> None:
+    replies = iter([b"+PONG\r\n", b"@?\r\n", b"+PONG\r\n"])
+    fake = FakeRedis(lambda index, command: next(replies))
+    client = AsyncRespClient(port=await fake.start())
+    assert await client.ping()
+    with pytest.raises(RedisConnectionError, match="malformed reply"):
+        await client.ping()
+    assert await client.ping()
+    assert [index for index, _ in fake.commands] == [1, 1, 2]
+    await client.aclose()
+    await fake.close()

@@ -19,13 +19,18 @@
 #     writes its command at once and awaits its reply, and replies resolve the
 #     waiting futures in the order the commands were written (Redis answers in
 #     order). A waiter that gave up still owns its place in that order; its
-#     reply is read and dropped.
+#     reply is read and dropped. One timer watches the connection rather than
+#     one per call: it ticks every `socket_timeout` while replies are awaited
+#     and fails the connection on a tick that finds no reply since the last,
+#     so a stall is reported between `socket_timeout` and twice that after the
+#     last reply (or after the command that began the wait).
 #
 # Failures are bounded and clear, with redis-py's own exception types, so code
 # written for a redis-py client handles them unchanged: no connection within
-# `connect_timeout` or no reply within `socket_timeout` raises TimeoutError; a
-# refused, reset or closed connection ConnectionError; an error reply
-# ResponseError (NoScriptError for NOSCRIPT). A connection that failed is
+# `connect_timeout` or no reply within `socket_timeout` (asyncio: the stall
+# bound above) raises TimeoutError; a refused, reset or closed connection, or
+# a malformed reply, ConnectionError; an error reply ResponseError
+# (NoScriptError for NOSCRIPT). A connection that failed is
 # closed (its stream may still hold a late reply) and the next call opens a new
 # one. A call that found a reused connection closed (the server restarted or
 # dropped it while idle) is sent once more on a fresh connection; had the
@@ -370,12 +375,16 @@ class RespClient(_Client):
 class _ReplyProtocol(asyncio.Protocol):
     """Reads replies and settles the oldest waiting future with each."""
 
-    def __init__(self, address: _Address) -> None:
+    def __init__(self, address: _Address, login_commands: int, generation: int) -> None:
         self.address = address
         self.reader = _new_reader()
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
-        self.replies = 0
+        # Counts from below zero through the login's replies, so `replies > 0`
+        # means a reply to a command of `execute` came: the connection is reused.
+        self.replies = -login_commands
+        # The client's `aclose` count when this connection was opened.
+        self.generation = generation
         self.error: Exception | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._replies_at_arming = 0
@@ -415,19 +424,22 @@ class _ReplyProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader, waiting = self.reader, self.waiting
         reader.feed(data)
-        reply = reader.gets()
-        while reply is not False:
-            self.replies += 1
-            if not waiting:
-                self.fail(RedisConnectionError(f"{self.address} sent a reply nobody asked for"))
-                return
-            future = waiting.popleft()
-            if not future.done():  # a caller that gave up (cancelled) is skipped
-                if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+        try:
             reply = reader.gets()
+            while reply is not False:
+                self.replies += 1
+                if not waiting:
+                    self.fail(RedisConnectionError(f"{self.address} sent a reply nobody asked for"))
+                    return
+                future = waiting.popleft()
+                if not future.done():  # a caller that gave up (cancelled) is skipped
+                    if isinstance(reply, ResponseError):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                reply = reader.gets()
+        except hiredis.ProtocolError as error:
+            self.fail(_MalformedReply(f"{self.address} sent a malformed reply ({error})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         detail = f": {exc}" if exc else ""
@@ -455,11 +467,12 @@ class AsyncRespClient(_Client):
     `redis.asyncio.Redis`. Use it from one event loop.
     """
 
-    __slots__ = ("_connecting", "_protocol")
+    __slots__ = ("_closes", "_connecting", "_protocol")
 
     def _start(self) -> None:
         self._protocol: _ReplyProtocol | None = None
         self._connecting: asyncio.Future[_ReplyProtocol] | None = None
+        self._closes = 0
 
     async def execute(self, command: bytes) -> Any:
         """Send one packed command (`pack_command`) and await its reply.
@@ -473,32 +486,51 @@ class AsyncRespClient(_Client):
         reused = protocol.replies > 0
         try:
             return await protocol.send(command)
-        except RedisConnectionError:
-            if not reused:
-                raise
+        except RedisConnectionError as error:
+            if (
+                not reused
+                or protocol.generation != self._closes
+                or isinstance(error, _MalformedReply)
+            ):
+                raise  # a first use, an aclose, or a reply that may have run the command
         return await (await self._connect()).send(command)
 
     async def _connect(self) -> _ReplyProtocol:
         # Concurrent callers share one connection attempt.
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
         connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            # Cleared when done even if every waiter gave up before: a later
+            # call must not get this attempt's stale outcome.
+            connecting.add_done_callback(self._connect_done)
         try:
             return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if connecting.cancelled() and caller is not None and not caller.cancelling():
+                raise RedisConnectionError(f"{self._address}: client closed") from None
+            raise  # the caller itself was cancelled
+
+    def _connect_done(self, connecting: asyncio.Future[_ReplyProtocol]) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # seen: a failure no caller awaited any more is not logged
 
     async def _open(self) -> _ReplyProtocol:
         address = self._address
         current = self._protocol
         if current is not None and current.error is None:
             return current
+        generation = self._closes
+        login = address.login()
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(address.connect_timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _ReplyProtocol(address), address.host, address.port
+                    lambda: _ReplyProtocol(address, len(login), generation),
+                    address.host,
+                    address.port,
                 )
         except TimeoutError:
             raise RedisTimeoutError(
@@ -507,11 +539,15 @@ class AsyncRespClient(_Client):
         except OSError as error:
             raise RedisConnectionError(f"{address}: {error.strerror or error}") from error
         try:
-            for command in address.login():
+            for command in login:
                 await protocol.send(command)
         except BaseException:
             protocol.fail(RedisConnectionError(f"{address}: login failed"))
             raise
+        if generation != self._closes:  # aclose ran meanwhile: this connection is not kept
+            closed = RedisConnectionError(f"{address}: client closed")
+            protocol.fail(closed)
+            raise closed
         self._protocol = protocol
         return protocol
 
@@ -526,7 +562,15 @@ class AsyncRespClient(_Client):
         return bool(await self.execute(pack_command("PING")) == b"PONG")
 
     async def aclose(self) -> None:
-        """Close the connection; a later call opens a new one."""
+        """Close the connection and cancel one being opened.
+
+        Calls in flight fail with ConnectionError and are not sent again; a
+        later call opens a new connection.
+        """
+        self._closes += 1
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
         protocol, self._protocol = self._protocol, None
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
+        if protocol is not None:
+            protocol.fail(RedisConnectionError(f"{self._address}: client closed"))
