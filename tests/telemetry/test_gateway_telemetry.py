@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -279,6 +280,70 @@ async def test_the_steps_may_be_called_with_the_request_instead_of_the_context()
     assert push is not None
     [series] = push.series
     assert (series.count, series.sum) == (1, 0.25)
+
+
+def finish_one(
+    telemetry: GatewayTelemetry, target: bytes, client: str, *, host: bytes = b"shop"
+) -> None:
+    head = RequestHead(b"GET", target, b"HTTP/1.1", [], None, False, True, False, None, host)
+    stream = cast(Stream, SimpleNamespace(head=head, peer=Peer(client)))
+    request = telemetry.begin_request(stream)
+    telemetry.upstream_for(request, [], frozenset(), "shop", SHOP_1)
+    telemetry.finish_request(request, stream, "shop-route", 200, 10.0, 10.25)
+
+
+async def test_each_span_has_its_own_path_host_and_client_however_its_tags_are_shared() -> None:
+    cp = ControlPlane()
+    telemetry = GatewayTelemetry(clock=SystemClock(), reporter=reporter_for(cp))
+    long_path = b"/shop/" + b"x" * 4000
+    sent = [
+        (b"/shop/a?q=1", "10.0.0.1", b"shop"),
+        (b"/shop/a?q=2", "10.0.0.2", b"shop"),  # the same tags but the client's
+        (b"/shop/a", "10.0.0.1", b"shop.example"),
+        (long_path + b"?q=3", "10.0.0.3", b"shop"),  # too long to keep: encoded alone
+        (b"/shop/a?q=4", "", b"shop"),
+        (b"/shop/b", '10.0.0.4"', b"shop"),  # escaped in the JSON
+    ]
+    for target, client, host in sent:
+        finish_one(telemetry, target, client, host=host)
+    assert telemetry.reporter is not None
+    await telemetry.reporter.flush()
+    found = [
+        (s.tags["url.path"], s.tags["client.address"], s.tags["server.address"]) for s in cp.spans
+    ]
+    assert found == [
+        (target.partition(b"?")[0].decode(), client, host.decode()) for target, client, host in sent
+    ]
+    for span in cp.spans:
+        assert span.tags["http.route"] == "shop-route"
+        assert span.tags["peer.service"] == "shop"
+        assert span.tags["crossway.upstream"] == "127.0.0.1:9"
+        assert span.tags["http.response.status_code"] == "200"
+        assert span.tags["http.request.method"] == "GET"
+        assert span.name == "get shop-route"
+
+
+def test_distinct_long_urls_and_clients_keep_the_span_cache_small() -> None:
+    # A reporter that keeps one span: what stays allocated is the caches.
+    reporter = SpanReporter(
+        "http://cp",
+        capacity=1,
+        client=httpx2.AsyncClient(transport=httpx2.MockTransport(lambda _r: httpx2.Response(202))),
+    )
+    telemetry = GatewayTelemetry(clock=SystemClock(), reporter=reporter)
+    finish_one(telemetry, b"/shop/warm", "10.0.0.1")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            # Unique paths of 60 KB, and unique query strings on one path
+            # from as many clients, as a hostile or busy client sends them.
+            finish_one(telemetry, b"/shop/%08d" % i + b"x" * 60_000, "10.0.0.1")
+            finish_one(telemetry, b"/shop/items?id=%d&pad=" % i + b"y" * 60_000, f"10.1.{i}")
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 2_000_000, retained  # was ~300 MB: every URL kept, 60 KB each
 
 
 async def test_an_unsampled_request_passes_its_decision_on_and_records_no_span() -> None:

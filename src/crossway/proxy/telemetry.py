@@ -39,15 +39,18 @@
 # - the signals go straight into the recorder's cell for the request's key,
 #   kept here until the recorder's next snapshot (`Recorder.cell`);
 # - a span's tags and name repeat from one request of a route to the next:
-#   they are worked out and JSON-encoded once per distinct set, and each
-#   span carries the encoded bytes, so encoding a batch of spans copies them;
+#   they are worked out and JSON-encoded once per distinct set (keyed on the
+#   path without the query, never the whole target), and each span carries
+#   the encoded bytes, so encoding a batch of spans copies them. The
+#   client's address varies per request: it ends the tags, and the entry
+#   keeps the whole tags for the client it saw last. Entries are kept only
+#   for a short path and host, so the cache is bounded in bytes;
 # - with the access log off nothing is formatted per request.
 # The recorder is pushed by a `StatsPusher`, the spans sent in batches by a
 # `SpanReporter` (crossway.telemetry), both owned here and started after fork.
 #
-# Access log: JSON lines on stdout (see docs/gateway.md for the fields);
-# `off`, `full`, or `sample:R` — every 5xx or unanswered request, and a
-# share R of the others.
+# Access log: JSON lines on stdout, in proxy/access_log.py (its names are
+# re-exported here).
 #
 # Invariants
 # ----------
@@ -62,19 +65,16 @@ import contextlib
 import os
 import random
 import socket
-import sys
 from bisect import bisect_left
-from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import IO
 
 import msgspec
 
 from crossway.balance import Endpoint as Upstream
 from crossway.core.clock import Clock
 from crossway.core.errors import InvalidArgument
+from crossway.proxy.access_log import AccessLog, AccessLogMode, access_entry, parse_access_log
 from crossway.proxy.headers import Headers
 from crossway.proxy.stream import Stream
 from crossway.telemetry.signals.histogram import BOUNDS
@@ -100,10 +100,23 @@ from crossway.telemetry.traces.spans import (
     HttpServerTags,
     Sampler,
     encoded_endpoint,
-    encoded_tags,
     error_tag,
     span_name,
 )
+
+# The access log's names are re-exported: they were defined here once.
+__all__ = [
+    "GATEWAY",
+    "AccessLog",
+    "AccessLogMode",
+    "GatewayTelemetry",
+    "RequestTelemetry",
+    "TelemetrySettings",
+    "build_telemetry",
+    "extract_fields",
+    "instance_name",
+    "parse_access_log",
+]
 
 GATEWAY = "gateway"
 CALLER = b"x-crossway-caller"
@@ -116,6 +129,11 @@ GATEWAY_BUFFER = 20_000
 _DROPPED = TRACE_FIELDS | {CALLER}
 _HEX = [f"{flags:02x}" for flags in range(256)]
 _CACHE_LIMIT = 4096
+# A span's tags are cached only when its path and host are at most this long
+# together, so the span cache holds at most ~_CACHE_LIMIT x 1.3 KB (5.4 MB
+# measured) whatever clients send; longer ones (rare, and unlikely to
+# repeat) are encoded per request.
+_CACHED_TAG_BYTES = 256
 _STATUS_TEXT = [str(status) if status else None for status in range(600)]
 _ERROR_TAG = [error_tag(status, None) for status in range(600)]
 _METHODS = {
@@ -123,6 +141,7 @@ _METHODS = {
     for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 }
 _SPAN_ID_BITS = (1 << 64) - 1
+_NO_ACCESS_LOG = AccessLogMode()  # immutable, shared as a default
 _NEW_SAMPLED = RANDOM_TRACE_ID | SAMPLED
 _getrandbits = random.getrandbits
 
@@ -169,8 +188,26 @@ def _continued(parent: TraceContext, b3: str) -> RequestTelemetry:
 
 
 _CURRENT: ContextVar[RequestTelemetry | None] = ContextVar("crossway_gateway_request", default=None)
-_SpanKey = tuple[str, str, int, bytes, bytes | None, str, str, int]
-"""(method, route, status, target, host, client address, service, id(upstream))."""
+_SpanKey = tuple[str, str, int, bytes, bytes | None, str, int]
+"""(method, route, status, path, host, service, id(upstream))."""
+
+
+class _SpanParts:
+    """What the spans of one (method, route, status, path, host, service,
+    upstream) share: their name and their tags' JSON but the client's
+    address, with the whole tags for the client seen last (most requests of
+    a route come from the same few clients, or one load balancer)."""
+
+    __slots__ = ("client", "head_length", "name", "tags", "upstream")
+
+    def __init__(self, head: bytes, name: str, upstream: Upstream | None) -> None:
+        # Until a client is set `tags` holds only the shared head: the tags'
+        # JSON without the client's address and the closing brace.
+        self.tags = msgspec.Raw(head)
+        self.head_length = len(head)
+        self.client: str | None = None
+        self.name = name
+        self.upstream = upstream
 
 
 def extract_fields(headers: Headers) -> tuple[TraceContext | None, str]:
@@ -193,72 +230,6 @@ def extract_fields(headers: Headers) -> tuple[TraceContext | None, str]:
             return ctx, "single"
     ctx = parse_b3_multi(found)
     return ctx, "multi" if ctx is not None else ""
-
-
-# -- access log ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AccessLogMode:
-    """`off`, `full` or `sample:R` (0 < R ≤ 1)."""
-
-    rate: float = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0.0
-
-
-def parse_access_log(text: str) -> AccessLogMode:
-    """`off` | `full` | `sample:0.1`; `InvalidArgument` naming `access_log` otherwise."""
-    value = text.strip().lower()
-    if value in ("off", "none", ""):
-        return AccessLogMode(0.0)
-    if value in ("full", "on", "all"):
-        return AccessLogMode(1.0)
-    kind, _, rate = value.partition(":")
-    try:
-        share = float(rate)
-    except ValueError:
-        share = -1.0
-    if kind != "sample" or not 0.0 < share <= 1.0:
-        raise InvalidArgument(
-            f"access_log: {text!r} must be off, full or sample:R with 0 < R <= 1",
-            field="access_log",
-        )
-    return AccessLogMode(share)
-
-
-class AccessLog:
-    """JSON lines, one per logged request, written to a binary stream."""
-
-    def __init__(
-        self,
-        mode: AccessLogMode,
-        *,
-        sink: IO[bytes] | None = None,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        self.mode = mode
-        self.lines = 0
-        self._sink = sink if sink is not None else sys.stdout.buffer
-        self._rand = rand
-        self._encode = msgspec.json.Encoder().encode
-
-    def wants(self, status: int) -> bool:
-        rate = self.mode.rate
-        return rate >= 1.0 or status >= 500 or status == 0 or self._rand() < rate
-
-    def write(self, entry: dict[str, object]) -> None:
-        try:
-            self._sink.write(self._encode(entry) + b"\n")
-            self.lines += 1
-        except (OSError, ValueError):
-            pass  # a closed or broken stdout must not fail requests
-
-    def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._sink.flush()
 
 
 # -- the gateway's telemetry -------------------------------------------------------------
@@ -293,9 +264,11 @@ class GatewayTelemetry:
         self._flusher: asyncio.Task[None] | None = None
         self._drops: dict[frozenset[bytes], frozenset[bytes]] = {}
         self._addresses: dict[tuple[str, int], str] = {}
-        # What the requests of one route share, worked out once (see `_span`
-        # and `_count`); each bounded, cleared when full.
-        self._span_parts: dict[_SpanKey, tuple[msgspec.Raw, str, Upstream | None]] = {}
+        # What the requests of one route share, worked out once (the span's
+        # tags and the signals' cell, in `finish_request`); each bounded,
+        # cleared when full.
+        self._span_parts: dict[_SpanKey, _SpanParts] = {}
+        self._client_tags: dict[str, bytes] = {}
         self._cells: dict[tuple[str, str, str, int], Cell] = {}
         self._cells_generation = -1
 
@@ -466,32 +439,52 @@ class GatewayTelemetry:
             cell.sum += seconds
         reporter = self.reporter
         if request.flags & SAMPLED and reporter is not None:
-            # Everything but the ids and times repeats from one request of a
-            # route to the next: the tags are encoded once per distinct set.
-            # The endpoint is keyed by identity (its dataclass hash is slow)
-            # and kept in the entry, so the id is not reused while it lives.
+            # Everything but the ids, times and client address repeats from
+            # one request of a route to the next: the other tags are encoded
+            # once per distinct set, and the client's tag (one per address)
+            # is appended. The endpoint is keyed by identity (its dataclass
+            # hash is slow) and kept in the entry, so the id is not reused
+            # while it lives.
             upstream = request.upstream
-            address = stream.peer.address
-            key = (method, route, status, head.target, head.host, address, service, id(upstream))
+            path = head.target
+            if b"?" in path:
+                path = path.partition(b"?")[0]
+            key = (method, route, status, path, head.host, service, id(upstream))
             parts = self._span_parts.get(key)
-            if parts is None or parts[2] is not upstream:
-                parts = self._new_span_parts(key, request, stream, method, route, status)
+            if parts is None or parts.upstream is not upstream:
+                parts = self._new_span_parts(key, request, method, route, status)
+            address = stream.peer.address
+            if parts.client != address:
+                self._for_client(parts, address)
             reporter.record(
                 HttpServerSpan(
                     request.trace_id,
                     request.span_id,
                     request.parent_id,
-                    parts[1],
+                    parts.name,
                     "SERVER",
                     int((started + self._wall_offset) * 1_000_000),
                     max(1, int(seconds * 1_000_000)),
                     self._local,
-                    parts[0],
+                    parts.tags,
                 )
             )
         log = self.access_log
         if log is not None and log.wants(status):
-            log.write(self._entry(request, stream, method, route, status, started, seconds))
+            upstream = request.upstream
+            entry = access_entry(
+                stream,
+                method=method,
+                route=route,
+                status=status,
+                wall_started=started + self._wall_offset,
+                seconds=seconds,
+                service=request.service,
+                upstream=self._address(upstream) if upstream is not None else None,
+                trace_id=request.trace_id,
+                span_id=request.span_id,
+            )
+            log.write(entry)
 
     def _new_cell(
         self, recorder: Recorder, service: str, route: str, method: str, status: int
@@ -506,29 +499,47 @@ class GatewayTelemetry:
         self,
         key: _SpanKey,
         request: RequestTelemetry,
-        stream: Stream,
         method: str,
         route: str,
         status: int,
-    ) -> tuple[msgspec.Raw, str, Upstream | None]:
-        head = stream.head
+    ) -> _SpanParts:
+        path, host = key[3], key[4]
         upstream = request.upstream
         tags = HttpServerTags(
             method,
-            head.target.partition(b"?")[0].decode("latin-1"),
+            path.decode("latin-1"),
             route or None,
             _STATUS_TEXT[status] if 0 <= status < 600 else None,
-            head.host.decode("latin-1") if head.host else None,
-            stream.peer.address,
+            host.decode("latin-1") if host else None,
+            None,  # the client's address: appended per request
             request.service or None,
             self._address(upstream) if upstream is not None else None,
             _ERROR_TAG[status] if 0 <= status < 600 else error_tag(status, None),
         )
-        if len(self._span_parts) >= _CACHE_LIMIT:
-            self._span_parts.clear()
-        name = span_name(method, route or None)
-        parts = self._span_parts[key] = (encoded_tags(tags), name, upstream)
+        # The tags always hold the method and the path, so the object is not
+        # empty and the client's tag follows a comma.
+        parts = _SpanParts(
+            msgspec.json.encode(tags)[:-1], span_name(method, route or None), upstream
+        )
+        if len(path) + (len(host) if host else 0) <= _CACHED_TAG_BYTES:
+            if len(self._span_parts) >= _CACHE_LIMIT:
+                self._span_parts.clear()
+            self._span_parts[key] = parts
         return parts
+
+    def _for_client(self, parts: _SpanParts, address: str) -> None:
+        # The end of the tags, the client's address and the closing brace,
+        # is encoded once per address.
+        tail = self._client_tags.get(address)
+        if tail is None:
+            tail = b',"client.address":' + msgspec.json.encode(address) + b"}"
+            if len(address) <= _CACHED_TAG_BYTES:
+                if len(self._client_tags) >= _CACHE_LIMIT:
+                    self._client_tags.clear()
+                self._client_tags[address] = tail
+        head = memoryview(parts.tags)[: parts.head_length]
+        parts.tags = msgspec.Raw(b"".join((head, tail)))
+        parts.client = address
 
     def _address(self, upstream: Upstream) -> str:
         key = (upstream.address, upstream.port)
@@ -538,42 +549,6 @@ class GatewayTelemetry:
                 self._addresses.clear()
             found = self._addresses[key] = f"{upstream.address}:{upstream.port}"
         return found
-
-    def _entry(
-        self,
-        request: RequestTelemetry,
-        stream: Stream,
-        method: str,
-        route: str,
-        status: int,
-        started: float,
-        seconds: float,
-    ) -> dict[str, object]:
-        head = stream.head
-        upstream = request.upstream
-        when = datetime.fromtimestamp(started + self._wall_offset, UTC)
-        return {
-            "ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "client": stream.peer.address,
-            "method": method,
-            "host": head.host.decode("latin-1") if head.host else None,
-            "path": head.target.decode("latin-1"),
-            "route": route or None,
-            "service": request.service or None,
-            "upstream": self._address(upstream) if upstream is not None else None,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "trace_id": request.trace_id or None,
-            "span_id": request.span_id or None,
-            "user_agent": _header(head.headers, b"user-agent"),
-        }
-
-
-def _header(headers: Headers, name: bytes) -> str | None:
-    for field_name, value in headers:
-        if field_name == name:
-            return value.decode("latin-1")
-    return None
 
 
 # -- building it for a gateway process ------------------------------------------------------
@@ -589,7 +564,7 @@ class TelemetrySettings:
     """Golden signals and spans to the control plane (needs `control_plane`)."""
     stats_interval: float = 10.0
     trace_sample_rate: float = 1.0
-    access_log: AccessLogMode = AccessLogMode()
+    access_log: AccessLogMode = _NO_ACCESS_LOG
     instance: str = ""
 
     def __post_init__(self) -> None:
