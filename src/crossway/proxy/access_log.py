@@ -24,13 +24,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import msgspec
 
 from crossway.core.errors import InvalidArgument
 from crossway.proxy.headers import Headers
 from crossway.proxy.stream import Stream
+
+if TYPE_CHECKING:
+    from crossway.proxy.telemetry import RequestTelemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,19 +101,16 @@ class AccessLog:
 
 def access_entry(
     stream: Stream,
-    *,
+    request: RequestTelemetry,
     method: str,
     route: str,
     status: int,
     wall_started: float,
     seconds: float,
-    service: str,
     upstream: str | None,
-    trace_id: str,
-    span_id: str,
 ) -> dict[str, object]:
     """The access log line of one request (`wall_started`: epoch seconds;
-    `upstream`: the chosen endpoint as `host:port`; "" for what is unknown)."""
+    `upstream`: the chosen endpoint as `host:port`)."""
     head = stream.head
     when = datetime.fromtimestamp(wall_started, UTC)
     return {
@@ -120,12 +120,12 @@ def access_entry(
         "host": head.host.decode("latin-1") if head.host else None,
         "path": head.target.decode("latin-1"),
         "route": route or None,
-        "service": service or None,
+        "service": request.service or None,
         "upstream": upstream,
         "status": status,
         "duration_ms": round(seconds * 1000, 3),
-        "trace_id": trace_id or None,
-        "span_id": span_id or None,
+        "trace_id": request.trace_id or None,
+        "span_id": request.span_id or None,
         "user_agent": _header(head.headers, b"user-agent"),
     }
 

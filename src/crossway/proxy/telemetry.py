@@ -42,9 +42,10 @@
 #   they are worked out and JSON-encoded once per distinct set (keyed on the
 #   path without the query, never the whole target), and each span carries
 #   the encoded bytes, so encoding a batch of spans copies them. The
-#   client's address varies per request: it ends the tags, and the entry
-#   keeps the whole tags for the client it saw last. Entries are kept only
-#   for a short path and host, so the cache is bounded in bytes;
+#   client's address ends the tags, and an entry keeps the whole tags for
+#   the client it saw last (most requests of a route come from a few
+#   clients, or one load balancer). Only a short path and host are kept,
+#   so the cache is bounded in bytes;
 # - with the access log off nothing is formatted per request.
 # The recorder is pushed by a `StatsPusher`, the spans sent in batches by a
 # `SpanReporter` (crossway.telemetry), both owned here and started after fork.
@@ -74,7 +75,12 @@ import msgspec
 from crossway.balance import Endpoint as Upstream
 from crossway.core.clock import Clock
 from crossway.core.errors import InvalidArgument
-from crossway.proxy.access_log import AccessLog, AccessLogMode, access_entry, parse_access_log
+
+# The access log was defined here once: its names are re-exported.
+from crossway.proxy.access_log import AccessLog as AccessLog
+from crossway.proxy.access_log import AccessLogMode as AccessLogMode
+from crossway.proxy.access_log import access_entry
+from crossway.proxy.access_log import parse_access_log as parse_access_log
 from crossway.proxy.headers import Headers
 from crossway.proxy.stream import Stream
 from crossway.telemetry.signals.histogram import BOUNDS
@@ -104,20 +110,6 @@ from crossway.telemetry.traces.spans import (
     span_name,
 )
 
-# The access log's names are re-exported: they were defined here once.
-__all__ = [
-    "GATEWAY",
-    "AccessLog",
-    "AccessLogMode",
-    "GatewayTelemetry",
-    "RequestTelemetry",
-    "TelemetrySettings",
-    "build_telemetry",
-    "extract_fields",
-    "instance_name",
-    "parse_access_log",
-]
-
 GATEWAY = "gateway"
 CALLER = b"x-crossway-caller"
 TRACE_FIELDS = frozenset(
@@ -129,10 +121,9 @@ GATEWAY_BUFFER = 20_000
 _DROPPED = TRACE_FIELDS | {CALLER}
 _HEX = [f"{flags:02x}" for flags in range(256)]
 _CACHE_LIMIT = 4096
-# A span's tags are cached only when its path and host are at most this long
-# together, so the span cache holds at most ~_CACHE_LIMIT x 1.3 KB (5.4 MB
-# measured) whatever clients send; longer ones (rare, and unlikely to
-# repeat) are encoded per request.
+# A span's tags are cached only for a path and host this long at most: the
+# cache holds at most ~_CACHE_LIMIT x 1.3 KB (5.4 MB measured) whatever
+# clients send; longer ones (rare, unlikely to repeat) are encoded each time.
 _CACHED_TAG_BYTES = 256
 _STATUS_TEXT = [str(status) if status else None for status in range(600)]
 _ERROR_TAG = [error_tag(status, None) for status in range(600)]
@@ -193,10 +184,7 @@ _SpanKey = tuple[str, str, int, bytes, bytes | None, str, int]
 
 
 class _SpanParts:
-    """What the spans of one (method, route, status, path, host, service,
-    upstream) share: their name and their tags' JSON but the client's
-    address, with the whole tags for the client seen last (most requests of
-    a route come from the same few clients, or one load balancer)."""
+    """What the spans of one `_SpanKey` share (see the module header)."""
 
     __slots__ = ("client", "head_length", "name", "tags", "upstream")
 
@@ -472,19 +460,9 @@ class GatewayTelemetry:
         log = self.access_log
         if log is not None and log.wants(status):
             upstream = request.upstream
-            entry = access_entry(
-                stream,
-                method=method,
-                route=route,
-                status=status,
-                wall_started=started + self._wall_offset,
-                seconds=seconds,
-                service=request.service,
-                upstream=self._address(upstream) if upstream is not None else None,
-                trace_id=request.trace_id,
-                span_id=request.span_id,
-            )
-            log.write(entry)
+            endpoint = self._address(upstream) if upstream is not None else None
+            wall = started + self._wall_offset
+            log.write(access_entry(stream, request, method, route, status, wall, seconds, endpoint))
 
     def _new_cell(
         self, recorder: Recorder, service: str, route: str, method: str, status: int
