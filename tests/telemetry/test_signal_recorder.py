@@ -123,7 +123,8 @@ def test_a_kept_cell_counts_until_the_next_snapshot_retires_it() -> None:
     assert r.cell("/books", "GET", 500, service="books") is cell  # one cell per status class
     cell.add(0.25)
     cell.add(0.5)
-    r.record("/books", "GET", 502, 0.25, service="books")  # the same cell, under the lock
+    r.record("/books", "GET", 502, 0.25, service="books")  # the same key, under the lock
+    assert (sum(cell.counts), cell.sum) == (2, 0.75)  # into its own cell: added up at snapshot
     push = r.snapshot()
     assert push is not None
     [series] = push.series
@@ -132,3 +133,44 @@ def test_a_kept_cell_counts_until_the_next_snapshot_retires_it() -> None:
     assert r.generation != generation
     assert r.cell("/books", "GET", 503, service="books") is not cell
     assert r.snapshot() is None  # a cell handed out but never added to is not pushed
+
+
+def test_kept_cells_and_locked_records_from_other_threads_add_up_at_snapshot() -> None:
+    """The owner thread adds to its kept cell without the lock while other
+    threads record the same key under it: each writes its own cells, so no
+    count is lost even where `+=` on a shared cell could interleave."""
+    r = Recorder("shop", side="client")
+    cell = r.cell("/items", "GET", 200, service="orders")
+    per_thread = 20_000
+    start = threading.Barrier(3)
+
+    def blocking_client() -> None:
+        start.wait()
+        for _ in range(per_thread):
+            r.record("/items", "GET", 200, 0.001, service="orders")
+
+    workers = [threading.Thread(target=blocking_client) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    for _ in range(per_thread):
+        cell.add(0.001)
+    for worker in workers:
+        worker.join()
+    assert sum(cell.counts) == per_thread  # the lock-free cell had one writer
+    push = r.snapshot()
+    assert push is not None
+    [series] = push.series
+    assert series.count == 3 * per_thread
+    assert series.sum == pytest.approx(3 * per_thread * 0.001)
+
+
+def test_kept_and_recorded_cells_share_the_cell_budget() -> None:
+    r = Recorder("gateway", side="client", max_cells=2)
+    r.record("/a", "GET", 200, 0.01, service="s")
+    r.cell("/b", "GET", 200, service="s").add(0.01)
+    r.cell("/c", "GET", 200, service="s").add(0.01)  # over budget: overflow
+    r.record("/d", "GET", 200, 0.01, service="s")  # over budget: overflow, its own cell
+    push = r.snapshot()
+    assert push is not None
+    assert sorted((s.route, s.count) for s in push.series) == [("/a", 1), ("/b", 1), (OVERFLOW, 2)]

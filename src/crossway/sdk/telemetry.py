@@ -24,10 +24,11 @@ Theory of operation
   reading (the offset between the two clocks is read again every
   `_CLOCK_REFRESH_S`), and the strings a span repeats (peer endpoint, status
   text) made once. On the loop's thread (where the pusher takes its
-  snapshots) an attempt counts straight into the recorder's cell for its
-  key, kept until the recorder's next snapshot (`Recorder.cell`); other
-  threads, a blocking client's workers, go through `Recorder.record` and
-  its lock.
+  snapshots) an attempt counts straight into a cell of the recorder's, kept
+  until its next snapshot and written by that thread alone, without a lock
+  (`Recorder.cell`); other threads, a blocking client's workers, go through
+  `Recorder.record` and its lock, which count into other cells: no cell is
+  written both with and without the lock.
 """
 
 from __future__ import annotations
@@ -251,8 +252,9 @@ class ServiceTelemetry:
     def _count(
         self, peer_service: str, route: str, method: str, status: int, seconds: float
     ) -> None:
-        # Only on the loop's thread: a snapshot cannot run between the
-        # generation check and the add, so no count lands in a retired cell.
+        # Only on the loop's thread, the kept cells' one writer, which also
+        # takes the snapshots: none runs between the generation check and
+        # the add, so no count lands in a retired cell.
         recorder = self.client
         cells = self._cells
         if recorder.generation != self._cells_generation or len(cells) >= _MAX_KEPT_CELLS:

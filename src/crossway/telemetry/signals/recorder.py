@@ -13,12 +13,16 @@ Theory of operation
 - A cell's failures are not counted per request: its key's status class
   decides whether all of its requests failed or none did (`is_error`), so
   the snapshot derives them from the count.
-- `cell(...)` hands out the cell a key counts into, for a hot caller that
-  keeps it and adds to it directly (`Cell.add`, no lock, no key built per
-  request): the gateway, whose requests and pushes share one event loop
-  thread. Such a caller keeps its cells only while `generation` (bumped by
-  every snapshot) is unchanged: after a snapshot a kept cell no longer
-  belongs to the recorder.
+- `cell(...)` hands out a cell for a key, for a hot caller that keeps it
+  and adds to it directly (`Cell.add`, no lock, no key built per request):
+  the gateway, and the SDK client on its event loop's thread. A kept cell is
+  written without the lock, so it must have one writer: kept cells live
+  apart from the cells `record` writes under the lock (a blocking client's
+  threads beside the loop), never the same object, and `snapshot` adds the
+  two together. `cell()` is called from one thread only, the one that takes
+  the snapshots (the pusher's loop thread); that thread keeps its cells
+  only while `generation` (bumped by every snapshot) is unchanged: after a
+  snapshot a kept cell no longer belongs to the recorder.
 - A server-side recorder (the SDK middleware, a sidecar's inbound side)
   records requests *to* its own service; a client-side recorder (the
   gateway, the SDK client, a sidecar's outbound side) records requests to
@@ -66,7 +70,8 @@ class Cell:
         self.sum = 0.0
 
     def add(self, seconds: float) -> None:
-        """Count one request that took `seconds` (> 0: the caller clamps)."""
+        """Count one request that took `seconds` (>= 0: the caller clamps a
+        negative reading to 0). Without a lock: see `Recorder.cell`."""
         self.counts[bisect_left(BOUNDS, seconds)] += 1  # bucket_index, inlined
         self.sum += seconds
 
@@ -87,7 +92,8 @@ class Recorder:
         self.side: Side = side
         self._routes = LabelBudget(max_cells)
         self._max_cells = max_cells
-        self._cells: dict[CellKey, Cell] = {}
+        self._cells: dict[CellKey, Cell] = {}  # written by `record`, under the lock
+        self._kept: dict[CellKey, Cell] = {}  # handed out by `cell`, written by its thread
         self._lock = threading.Lock()
         self.generation = 0
         """Bumped by every snapshot: cells handed out before it are retired."""
@@ -111,7 +117,7 @@ class Recorder:
         with self._lock:
             cell = self._cells.get(key)
             if cell is None:
-                cell = self._new_cell(key)
+                cell = self._new_cell(self._cells, key)
             cell.counts[index] += 1
             cell.sum += seconds
 
@@ -124,12 +130,13 @@ class Recorder:
         caller: str | None = None,
         service: str | None = None,
     ) -> Cell:
-        """The cell `record` would count this request in, for a caller that
-        adds to it directly until `generation` changes (module header)."""
+        """A cell for this request's key that only the calling thread adds to
+        (without the lock), until `generation` changes; `record` counts the
+        same key in another cell, and `snapshot` adds them up (module header)."""
         key = self._key(route, method, status, caller, service)
         with self._lock:
-            cell = self._cells.get(key)
-            return cell if cell is not None else self._new_cell(key)
+            cell = self._kept.get(key)
+            return cell if cell is not None else self._new_cell(self._kept, key)
 
     def _key(
         self, route: str, method: str, status: int, caller: str | None, service: str | None
@@ -139,20 +146,30 @@ class Recorder:
         route = self._routes.admit(route)
         return (service or self.service, route, method, caller or "", status_class(status))
 
-    def _new_cell(self, key: CellKey) -> Cell:
-        if len(self._cells) >= self._max_cells:
+    def _new_cell(self, cells: dict[CellKey, Cell], key: CellKey) -> Cell:
+        if len(self._cells) + len(self._kept) >= self._max_cells:
             key = (key[0], OVERFLOW, key[2], key[3], key[4])
-            found = self._cells.get(key)
+            found = cells.get(key)
             if found is not None:
                 return found
-        cell = self._cells[key] = Cell()
+        cell = cells[key] = Cell()
         return cell
 
     def snapshot(self, *, interval_s: float = 10.0) -> Push | None:
         """Everything recorded since the last snapshot, as a push; None if nothing."""
         with self._lock:
             cells, self._cells = self._cells, {}
+            kept, self._kept = self._kept, {}
             self.generation += 1
+        # Nothing writes these cells any more: `record` finds the new dict
+        # under the lock, and a kept cell's thread is this one.
+        for key, cell in kept.items():
+            found = cells.get(key)
+            if found is None:
+                cells[key] = cell
+            else:
+                found.counts = [a + b for a, b in zip(found.counts, cell.counts, strict=True)]
+                found.sum += cell.sum
         # A cell handed out by `cell()` may have been left empty.
         series = [_series(key, cell) for key, cell in cells.items() if any(cell.counts)]
         if not series:
