@@ -430,6 +430,21 @@ async def test_breaker_opens_after_failed_calls_and_stops_sending(
         assert (await http.get("http://orders/")).status_code == 200
 
 
+async def test_a_call_refused_before_any_attempt_leaves_no_traceparent_on_the_request(
+    backend: Backend, discovery: FakeDiscovery
+) -> None:
+    policy = CallPolicy(retries=None, breaker=BreakerSpec(failures=1, open_for="10s"))
+    backend.behaviours.update({port: status(500) for port in (8001, 8002, 8003)})
+    async with make_client(backend, discovery, policy, clock=VirtualClock()) as http:
+        assert (await http.get("http://orders/")).status_code == 500
+        request = http.build_request("GET", "http://orders/")
+        with pytest.raises(CircuitOpenError):
+            await http.send(request)
+    # Sent again later, it must not look like carrying the caller's own trace.
+    assert "traceparent" not in request.headers
+    assert str(request.url) == "http://orders/"
+
+
 async def test_a_rate_breaker_judges_whole_calls_after_their_retries(
     backend: Backend, discovery: FakeDiscovery
 ) -> None:

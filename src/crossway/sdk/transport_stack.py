@@ -25,6 +25,7 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -241,6 +242,13 @@ class ServiceStack:
         request.url = call.url
         if call.timeouts is not None:
             request.extensions["timeout"] = call.timeouts
+        if call.tried is None and call.trace is not None:
+            # Refused before its first attempt (breaker, bulkhead, deadline, no
+            # instance): the traceparent `begin_call` stamped for that attempt
+            # goes, or the request sent again would look like carrying the
+            # caller's own trace and get no client span.
+            with contextlib.suppress(KeyError):
+                del request.headers["traceparent"]
 
     # -- one attempt ------------------------------------------------------------------------
 
