@@ -391,25 +391,6 @@ class CircuitBreaker(BreakerBase):
         """A call admitted by `allow` did not happen: give its half-open slot back."""
         self._settle(self._epoch, _RELEASE, 0.0, self._now() if now is None else now)
 
-    def enter_call(self) -> tuple[int, float]:
-        """Admit one call for a driver that runs it in its own frame (the
-        decorator and `async with` each add a call or coroutine around it):
-        the (token, start) to hand to `exit_call` exactly once.
-
-        Raises CircuitOpenError when rejected."""
-        return self._enter()
-
-    def exit_call(
-        self, token: int, start: float, result: object = None, error: BaseException | None = None
-    ) -> None:
-        """Record the outcome of a call admitted by `enter_call`: `error` if
-        it raised (cancellation releases the permit), else `result`, judged
-        as the decorator judges a return value."""
-        if error is None:
-            self._exit_result(token, start, result)
-        else:
-            self._exit_exception(token, start, error)
-
     def _open_duration(self) -> float:
         return self.config.wait_duration_in_open_state
 

@@ -173,28 +173,3 @@ class ConsecutiveBreaker(BreakerBase):
     def release(self, now: float | None = None) -> None:
         """A call admitted in the current state never ran: give a probe slot back."""
         self._settle(self._epoch, _RELEASE, 0.0, self._now() if now is None else now)
-
-    def enter_call(self) -> tuple[int, float]:
-        """Admit one call for a driver that runs it in its own frame (the
-        decorator and `async with` each add a call or coroutine around it):
-        the (token, start) to hand to `exit_call` exactly once.
-
-        Raises CircuitOpenError when rejected."""
-        token = self._closed_epoch
-        if token < 0:
-            token = self._admit_or_raise(self._now())
-        return token, 0.0
-
-    def exit_call(
-        self, token: int, start: float, result: object = None, error: BaseException | None = None
-    ) -> None:
-        """Record the outcome of a call admitted by `enter_call`: `error` if
-        it raised (cancellation releases the permit), else `result`, judged
-        as the decorator judges a return value. A success in a clean CLOSED
-        state changes nothing and is not reported, as in the decorator."""
-        if error is not None:
-            self._exit_exception(token, start, error)
-        elif self._policy.checks_results and self._policy.result_failed(result):
-            self._settle(token, 1, 0.0, self._now())
-        elif token != self._clean_epoch:
-            self._settle(token, 0, 0.0, self._now())

@@ -10,11 +10,6 @@ Theory of operation
           -> attempt (per-try timeout): prepare, send on the shared inner
              transport, record the outcome.
 
-Without a policy timeout, bulkhead or per-try timeout (the common case),
-the layers run in one coroutine: each layer would be passed through again
-at every wake-up of the exchange. The breaker permit is then taken and
-settled by hand (`enter_call`/`exit_call`) instead of by its decorator.
-
 The first try runs inline; only a failed one enters the retry loop. The
 budget earns a deposit from every call and is asked last, so a retry that
 would not happen anyway spends nothing. Blocking sends get the same stack;
@@ -77,10 +72,7 @@ def fold_async(
             async with deadline_scope(per_try):
                 return await bare(call)
 
-    again = _again_async(stack, attempt)
-    if per_try is None and stack.timeout is None and stack.bulkhead is None:
-        return _direct_async(stack, send, again)
-    guarded = _retrying_async(stack, attempt, again, None if per_try is not None else send)
+    guarded = _retrying_async(stack, attempt, None if per_try is not None else send)
     if stack.breaker is not None:
         guarded = stack.breaker(guarded)
     if stack.bulkhead is not None:
@@ -88,13 +80,9 @@ def fold_async(
     return _entry_async(stack, guarded)
 
 
-Again = Callable[[CallState, RetryPolicy, float, Exception | None], Awaitable[Any]]
-
-
 def _retrying_async(
     stack: ServiceStack,
     attempt: Callable[[CallState], Awaitable[Any]],
-    again: Again,
     send: Callable[[Any], Awaitable[Any]] | None,
 ) -> Callable[[CallState], Awaitable[Any]]:
     """The retry loop over `attempt`. Given `send` (no per-try timeout,
@@ -152,15 +140,6 @@ def _retrying_async(
             return await again(call, policy, start, None)
         return response
 
-    if send is None:
-        return attempts
-    sent = send
-    return attempts_first_inline
-
-
-def _again_async(stack: ServiceStack, attempt: Callable[[CallState], Awaitable[Any]]) -> Again:
-    """The retry loop's slow path, after a first try that failed."""
-
     async def again(
         call: CallState, policy: RetryPolicy, start: float, exc: Exception | None
     ) -> Any:
@@ -183,72 +162,10 @@ def _again_async(stack: ServiceStack, attempt: Callable[[CallState], Awaitable[A
             raise exc
         return call.response  # the last answer, given up on
 
-    return again
-
-
-def _direct_async(
-    stack: ServiceStack, send: Callable[[Any], Awaitable[Any]], again: Again
-) -> Callable[[Any], Awaitable[Any]]:
-    """The whole call in one coroutine, for a stack with neither timeout,
-    bulkhead nor per-try timeout: the entry, the breaker permit (taken and
-    settled by hand), the budget deposit and the first try, as
-    `_entry_async` over the breaker over `attempts_first_inline` would run
-    them. Each layer removed is a coroutine less to create, and to pass
-    through on every wake-up of the exchange (four per call under httpx)."""
-    begin, end, now = stack.begin_call, stack.end_call, stack.now
-    budget = stack.retries.budget if stack.retries is not None else None
-    prepare, answered, failed = stack.prepare, stack.answered, stack.failed
-    observe = stack.observe if stack.telemetry is not None else None
-    breaker = stack.breaker
-    enter_breaker = breaker.enter_call if breaker is not None else None
-    exit_breaker = breaker.exit_call if breaker is not None else None
-
-    async def call_service(request: Any) -> Any:
-        call = begin(request)
-        try:
-            permit = enter_breaker() if enter_breaker is not None else None
-            try:
-                policy = call.retry
-                start = now()
-                if budget is not None:
-                    budget.deposit(start)  # every call earns its share of retries
-                try:
-                    endpoint, lb_call = prepare(call)
-                    try:
-                        response = await send(call.request)
-                    except BaseException as exc:
-                        failed(endpoint, lb_call, exc)
-                        if observe is not None:
-                            observe(call, endpoint, 0, exc)
-                        raise
-                except Exception as exc:
-                    if policy is None or not policy.retryable_exception(exc):
-                        raise
-                    response = await again(call, policy, start, exc)
-                else:
-                    status = response.status_code
-                    answered(endpoint, lb_call, status)
-                    if observe is not None:
-                        observe(call, endpoint, status, None)
-                    call.response = response
-                    if policy is not None and status in policy.retry_on_statuses:
-                        response = await again(call, policy, start, None)
-            except BaseException as exc:
-                if exit_breaker is not None and permit is not None:
-                    exit_breaker(permit[0], permit[1], None, exc)
-                raise
-            if exit_breaker is not None and permit is not None:
-                exit_breaker(permit[0], permit[1], response, None)
-            return response
-        except BaseException:
-            held, call.response = call.response, None
-            if held is not None:
-                await held.aclose()
-            raise
-        finally:
-            end(call)
-
-    return call_service
+    if send is None:
+        return attempts
+    sent = send
+    return attempts_first_inline
 
 
 def _entry_async(
