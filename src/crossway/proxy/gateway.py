@@ -41,7 +41,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import random
 from collections.abc import Callable, Coroutine
@@ -71,15 +70,27 @@ from crossway.proxy.http1 import RequestHead
 from crossway.proxy.http1_wire import Framing, encode_head, status_line
 from crossway.proxy.overload import RetryBudgets, RetryGate, ServiceGuards
 from crossway.proxy.ratelimit import RateLimitExceeded, RateLimits, RouteLimit
+from crossway.proxy.route_plan import (
+    NO_STATUSES,
+    Edits,
+    RoutePlan,
+    attempt_timeout,
+    duration_seconds,
+    may_retry,
+    may_retry_status,
+    plain_backend,
+    response_edit,
+    retried_statuses,
+    route_edits,
+)
 from crossway.proxy.routes.actions import (
     LocalResponse,
-    RouteActions,
     decide,
-    response_headers,
 )
 from crossway.proxy.routes.config import GatewayConfig
-from crossway.proxy.routes.model import Backend, Duration, Route, seconds
+from crossway.proxy.routes.model import Route
 from crossway.proxy.routes.table import CompiledRoute, Match
+from crossway.proxy.shadow import ShadowStream, forget
 from crossway.proxy.stream import ClientBodyError, Stream
 from crossway.proxy.telemetry import GatewayTelemetry, RequestTelemetry
 from crossway.proxy.upstream import UpstreamPool
@@ -89,7 +100,6 @@ from crossway.telemetry.metrics import OTHER_METHOD
 if TYPE_CHECKING:
     from crossway.proxy.server import Http1Stream
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 DEFAULT_TIMEOUT = 15.0
 
 
@@ -125,7 +135,7 @@ class Gateway:
         self._clock = clock or SystemClock()
         self._rng = rng
         self._shadows: set[asyncio.Task[int]] = set()
-        self._plans: dict[CompiledRoute, _RoutePlan] = {}
+        self._plans: dict[CompiledRoute, RoutePlan] = {}
         # Per-service circuit breaking, retry budgets and route rate limits
         # (overload.py, ratelimit.py); state kept across configuration swaps.
         events = stats.service_event if stats is not None else None
@@ -240,12 +250,12 @@ class Gateway:
         if not query and target.endswith(b"?"):
             target = path.encode("latin-1")  # as a decided unchanged path is sent
         budget = deadline = None
-        retriable = _NO_STATUSES
+        retriable = NO_STATUSES
         if plan.attempts > 1:  # as `_attempts` begins
             budget = plan.budgets.get(service)
             if budget is not None:
                 budget.deposit()
-            retriable = plan.retry_statuses if _may_retry_status(stream, route) else _NO_STATUSES
+            retriable = plan.retry_statuses if may_retry_status(stream, route) else NO_STATUSES
             deadline = started + plan.timeout
         # tuple.__new__: a NamedTuple's generated __new__ costs ~200 ns, per request here.
         retries = tuple.__new__(_Retries, (match, plan, service, target, deadline, retriable))
@@ -369,7 +379,7 @@ class Gateway:
         self,
         stream: Stream,
         match: Match,
-        plan: _RoutePlan,
+        plan: RoutePlan,
         service: str,
         target: bytes,
         outcome: _Outcome,
@@ -396,7 +406,7 @@ class Gateway:
         self,
         stream: Stream,
         match: Match,
-        plan: _RoutePlan,
+        plan: RoutePlan,
         service: str,
         target: bytes,
         deadline: float | None,
@@ -410,9 +420,9 @@ class Gateway:
         route = match.route.route
         edits = plan.edits
         if edits.needs_origin:
-            edits = edits._replace(response=_response_edit(match.route.actions, stream))
+            edits = edits._replace(response=response_edit(match.route.actions, stream))
         attempts = plan.attempts
-        retriable = plan.retry_statuses if _may_retry_status(stream, route) else frozenset()
+        retriable = plan.retry_statuses if may_retry_status(stream, route) else frozenset()
         budget = None
         if attempts > 1:
             budget = plan.budgets.get(service)
@@ -455,7 +465,7 @@ class Gateway:
                     held = None
             except (UpstreamConnectFailed, UpstreamReset, UpstreamTimeout) as error:
                 tried.add(endpoint.id)
-                if final or not _may_retry(stream, route, error):
+                if final or not may_retry(stream, route, error):
                     raise
                 if overall and isinstance(error, UpstreamTimeout):
                     raise  # the route's deadline has passed: no time for another try
@@ -484,7 +494,7 @@ class Gateway:
     def _step(
         self,
         retries: _Retries,
-        edits: _Edits,
+        edits: Edits,
         budget: RetryGate | None,
         endpoint: Endpoint,
         attempt: int,
@@ -503,20 +513,20 @@ class Gateway:
             else:
                 extra, drop = telemetry.upstream(edits.extra, edits.drop, service, endpoint)
             # tuple.__new__ rather than _replace: see `start`.
-            edits = tuple.__new__(_Edits, (extra, drop, edits.response, edits.needs_origin))
+            edits = tuple.__new__(Edits, (extra, drop, edits.response, edits.needs_origin))
         plan = retries.plan
         # A retry is reserved before an answer could be dropped for it,
         # so a retry the budget refuses relays that answer instead.
         final = attempt + 1 >= plan.attempts
         held = budget if not final and budget is not None and budget.reserve() else None
         spent = not final and budget is not None and held is None
-        statuses = _NO_STATUSES if final or spent else retries.retriable
+        statuses = NO_STATUSES if final or spent else retries.retriable
         deadline = retries.deadline
         if deadline is None:
             remaining = plan.timeout
         else:
             remaining = deadline - (self._clock.now() if now is None else now)
-        timeout, overall = _attempt_timeout(plan, remaining)
+        timeout, overall = attempt_timeout(plan, remaining)
         # tuple.__new__: see `start`.
         return tuple.__new__(
             _Step, (endpoint, edits, held, spent, statuses, timeout, overall, final)
@@ -540,7 +550,7 @@ class Gateway:
         endpoint: Endpoint,
         route: Route,
         target: bytes,
-        edits: _Edits,
+        edits: Edits,
         retry_statuses: frozenset[int],
         timeout: float,
         outcome: _Outcome,
@@ -620,23 +630,23 @@ class Gateway:
             )
         )
         self._shadows.add(task)
-        task.add_done_callback(_forget(self._shadows))
+        task.add_done_callback(forget(self._shadows))
 
-    def _plan(self, match: Match) -> _RoutePlan:
+    def _plan(self, match: Match) -> RoutePlan:
         """What forwarding needs of a route, folded once per compiled route."""
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()  # old configurations' routes; rebuilt on demand
         route = match.route.route
         per_try = route.retries.per_try_timeout
-        plan = _RoutePlan(
-            edits=_route_edits(match.route.actions),
+        plan = RoutePlan(
+            edits=route_edits(match.route.actions),
             attempts=max(route.retries.attempts, 1),
-            retry_statuses=_retry_statuses(route),
+            retry_statuses=retried_statuses(route),
             timeout=self._overall_timeout(route),
-            per_try=_seconds(per_try) if per_try is not None else None,
+            per_try=duration_seconds(per_try) if per_try is not None else None,
             budgets=self._budgets(route),
             limit=self.limits.limit(match.route.name, route),
-            plain=_plain_backend(match.route.actions),
+            plain=plain_backend(match.route.actions),
             idle_timeout=self._idle_timeout(route),
         )
         self._plans[match.route] = plan
@@ -655,7 +665,11 @@ class Gateway:
 
     def _overall_timeout(self, route: Route) -> float:
         """The route's deadline across all attempts (the gateway default without one)."""
-        return self.options.default_timeout if route.timeout is None else _seconds(route.timeout)
+        return (
+            self.options.default_timeout
+            if route.timeout is None
+            else duration_seconds(route.timeout)
+        )
 
     def _budgets(self, route: Route) -> dict[str, RetryGate]:
         """The retry budget of each service the route forwards to."""
@@ -664,7 +678,7 @@ class Gateway:
             return {}
         services = {b.service for b in route.backends}
         services.update(b.service for r in route.header_routes for b in r.backends)
-        ttl = _seconds(spec.ttl)
+        ttl = duration_seconds(spec.ttl)
         return {
             s: self.budgets.budget(
                 s, percent=spec.percent, min_per_second=spec.min_per_second, ttl=ttl
@@ -677,89 +691,15 @@ class Gateway:
         sets one, else the route's timeout, else the gateway default."""
         per_try = route.retries.per_try_timeout
         if per_try is not None:
-            return _seconds(per_try)
+            return duration_seconds(per_try)
         if route.timeout is None:
             return self.options.default_timeout
-        return _seconds(route.timeout)
+        return duration_seconds(route.timeout)
 
     def _idle_timeout(self, route: Route) -> float:
         """A silence that ends an exchange: the route's, else the gateway default."""
         idle = route.idle_timeout
-        return self.options.default_idle_timeout if idle is None else _seconds(idle)
-
-
-def _may_retry(stream: Stream, route: Route, error: GatewayError) -> bool:
-    conditions = route.retries.conditions
-    if isinstance(error, UpstreamConnectFailed):
-        return "connect-failure" in conditions or "gateway-error" in conditions
-    head = stream.head
-    idempotent = head.method in IDEMPOTENT or route.retries.non_idempotent
-    if isinstance(error, UpstreamTimeout):  # a per-try timeout, as Envoy's retry_on
-        wanted = "5xx" in conditions or "gateway-error" in conditions
-    else:
-        wanted = "reset" in conditions
-    return idempotent and not head.has_body and wanted
-
-
-def _attempt_timeout(plan: _RoutePlan, remaining: float) -> tuple[float, bool]:
-    """The wait for this attempt's answer, and whether it is the overall
-    deadline's rest (no retry after it) rather than the per-try timeout."""
-    if remaining <= 0:
-        raise UpstreamTimeout(f"no response within {plan.timeout:g}s", reason="timeout")
-    per_try = plan.per_try
-    if per_try is not None and per_try < remaining:
-        return per_try, False
-    return remaining, True
-
-
-@functools.lru_cache(maxsize=256)
-def _seconds(duration: Duration) -> float:
-    # Parsed once per distinct string, not per request (routes are validated,
-    # so this cannot fail).
-    return seconds(duration, "timeout")
-
-
-_NO_STATUSES: frozenset[int] = frozenset()
-_GATEWAY_ERRORS = frozenset({502, 503, 504})
-_ALL_5XX = frozenset(range(500, 600))
-
-
-def _may_retry_status(stream: Stream, route: Route) -> bool:
-    """Whether an answer may be dropped for another attempt: only for
-    bodiless idempotent requests (the body was streamed and is gone) and
-    never for upgrades."""
-    head = stream.head
-    idempotent = head.method in IDEMPOTENT or route.retries.non_idempotent
-    return idempotent and not head.has_body and head.upgrade is None
-
-
-def _retry_statuses(route: Route) -> frozenset[int]:
-    """The statuses the route retries (for requests `_may_retry_status` allows)."""
-    retries = route.retries
-    statuses: set[int] = set()
-    if "5xx" in retries.conditions:
-        statuses |= _ALL_5XX
-    if "gateway-error" in retries.conditions:
-        statuses |= _GATEWAY_ERRORS
-    if "retriable-status" in retries.conditions:
-        statuses.update(retries.statuses)
-    return frozenset(statuses)
-
-
-def _plain_backend(actions: RouteActions) -> Backend | None:
-    """See `_RoutePlan.plain`."""
-    backends = actions.split.backends
-    varies = (
-        actions.cors is not None
-        or actions.fault is not None
-        or actions.redirect is not None
-        or actions.direct is not None
-        or actions.mirror is not None
-        or actions.header_routes
-        or actions.rewrite_parts is not None
-        or actions.rewrite_prefix is not None
-    )
-    return backends[0] if len(backends) == 1 and not varies else None
+        return self.options.default_idle_timeout if idle is None else duration_seconds(idle)
 
 
 def _check_body_limit(stream: Stream, route: Route) -> None:
@@ -769,21 +709,11 @@ def _check_body_limit(stream: Stream, route: Route) -> None:
         raise PayloadTooLarge(f"request body over {limit} bytes")
 
 
-class _Edits(NamedTuple):
-    """A route's header changes; `response` is per request when
-    `needs_origin` (CORS answers depend on the request's Origin)."""
-
-    extra: Headers
-    drop: frozenset[bytes]
-    response: Callable[[Headers], Headers] | None
-    needs_origin: bool
-
-
 class _Retries(NamedTuple):
     """What the attempts of a request the fast path began need to go on."""
 
     match: Match
-    plan: _RoutePlan
+    plan: RoutePlan
     service: str
     target: bytes
     deadline: float | None
@@ -795,7 +725,7 @@ class _Step(NamedTuple):
     """The terms of one attempt (`Gateway._step`)."""
 
     endpoint: Endpoint
-    edits: _Edits
+    edits: Edits
     held: RetryGate | None
     """A retry reserved from the budget: spent if this attempt is retried."""
     spent: bool
@@ -814,7 +744,7 @@ async def _record_status(attempts: Coroutine[None, None, int], outcome: _Outcome
 
 class _Lookup(NamedTuple):
     match: Match
-    plan: _RoutePlan
+    plan: RoutePlan
     method: str
     host: str
     path: str
@@ -822,54 +752,9 @@ class _Lookup(NamedTuple):
     headers: HeaderView
 
 
-class _RoutePlan(NamedTuple):
-    """What forwarding needs of one compiled route (`Gateway._plan`)."""
-
-    edits: _Edits
-    attempts: int
-    retry_statuses: frozenset[int]
-    timeout: float
-    """The overall deadline across attempts, in seconds."""
-    per_try: float | None
-    budgets: dict[str, RetryGate]
-    limit: RouteLimit | None
-    plain: Backend | None
-    """The one backend when the route's decision never varies (no CORS,
-    fault, redirect, direct answer, mirror, header routes or rewrite, one
-    backend): the request is forwarded to it as sent, without `decide`."""
-    idle_timeout: float
-    """The route's `idle_timeout` (the gateway default without one), in seconds."""
-
-
 _MAX_PLANS = 4096
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _SCHEMES = {b"http": "http", b"https": "https"}
-
-
-def _route_edits(actions: RouteActions) -> _Edits:
-    editor = actions.request_headers
-    extra: Headers = []
-    drop: frozenset[bytes] = frozenset()
-    if editor is not None:
-        # The editor's set/add lists are fixed per route; the client's fields
-        # it removes or replaces are dropped on the way upstream.
-        extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in (*editor.set, *editor.add)]
-        drop = frozenset(n.encode("latin-1") for n in editor.drop)
-    needs_origin = actions.response_headers is not None or actions.cors is not None
-    return _Edits(extra, drop, None, needs_origin)
-
-
-def _response_edit(actions: RouteActions, stream: Stream) -> Callable[[Headers], Headers] | None:
-    if actions.response_headers is None and actions.cors is None:
-        return None
-    origin = next((v.decode("latin-1") for n, v in stream.head.headers if n == b"origin"), None)
-
-    def edit(headers: Headers) -> Headers:
-        text = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
-        edited = response_headers(actions, text, origin)
-        return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in edited]
-
-    return edit
 
 
 def _local(answer: LocalResponse) -> bytes:
@@ -883,62 +768,6 @@ def _answer_error(stream: Stream, error: GatewayError) -> None:
         stream.abort()
     else:
         stream.send_local(render(error))
-
-
-class ShadowStream:
-    """A mirrored copy of a request without a body; whatever comes back is dropped."""
-
-    def __init__(self, original: Stream) -> None:
-        head = original.head
-        host = (head.host or b"") + b"-shadow"  # as Envoy marks shadowed requests
-        headers = [(n, host if n == b"host" else v) for n, v in head.headers]
-        self.head = dataclasses.replace(head, headers=headers, host=host, expect_continue=False)
-        self.peer = original.peer
-        self.response_started = False
-
-    async def read(self) -> bytes | None:
-        return None
-
-    def start_response(
-        self,
-        status: int,
-        headers: Headers,
-        *,
-        length: int | None,
-        no_body: bool = False,
-        defer: bool = False,
-    ) -> None:
-        self.response_started = True
-
-    async def write(self, data: bytes) -> None:
-        return None
-
-    def finish(self) -> None:
-        return None
-
-    def abort(self) -> None:
-        return None
-
-    def send_local(self, response: bytes, *, close: bool = False) -> None:
-        return None
-
-    def start_tunnel(self, headers: Headers) -> None:
-        return None
-
-    async def tunnel_read(self) -> bytes | None:
-        return None
-
-    async def tunnel_write(self, data: bytes) -> None:
-        return None
-
-
-def _forget(tasks: set[asyncio.Task[int]]) -> Callable[[asyncio.Task[int]], None]:
-    def done(task: asyncio.Task[int]) -> None:
-        tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved, so a shadow failure is never logged as lost
-
-    return done
 
 
 class _Outcome:
