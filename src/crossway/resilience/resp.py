@@ -191,6 +191,17 @@ class _MalformedReply(RedisConnectionError):
     """The server's bytes are not RESP: the command may have run, so it is not resent."""
 
 
+def _connect_failed(address: _Address, error: OSError) -> RedisTimeoutError | RedisConnectionError:
+    """The redis-py error a caller expects for a connection that could not open."""
+    if isinstance(error, TimeoutError):
+        timed_out = RedisTimeoutError(f"{address}: no connection within {address.connect_timeout}s")
+        timed_out.__suppress_context__ = True  # as `from None`: the timeout says it all
+        return timed_out
+    failed = RedisConnectionError(f"{address}: {error.strerror or error}")
+    failed.__cause__ = error  # as `from error`
+    return failed
+
+
 class _Connection:
     """One blocking socket and its reply reader (one thread's)."""
 
@@ -201,12 +212,8 @@ class _Connection:
             sock = socket.create_connection(
                 (address.host, address.port), timeout=address.connect_timeout
             )
-        except TimeoutError:
-            raise RedisTimeoutError(
-                f"{address}: no connection within {address.connect_timeout}s"
-            ) from None
-        except OSError as error:
-            raise RedisConnectionError(f"{address}: {error.strerror or error}") from error
+        except OSError as error:  # TimeoutError included
+            raise _connect_failed(address, error)  # noqa: B904 (chained inside)
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _kernel_timeouts(sock, address.socket_timeout)
@@ -532,12 +539,8 @@ class AsyncRespClient(_Client):
                     address.host,
                     address.port,
                 )
-        except TimeoutError:
-            raise RedisTimeoutError(
-                f"{address}: no connection within {address.connect_timeout}s"
-            ) from None
-        except OSError as error:
-            raise RedisConnectionError(f"{address}: {error.strerror or error}") from error
+        except OSError as error:  # TimeoutError included
+            raise _connect_failed(address, error)  # noqa: B904 (chained inside)
         try:
             for command in login:
                 await protocol.send(command)
